@@ -1,0 +1,197 @@
+"""Which implementation an op runs: the one place that decides.
+
+Every op has a plain-torch reference. Some also have a Triton kernel (used for CUDA
+tensors when Triton can compile for the GPU) and some a compiled `fastvae._C` kernel
+(CPU and, in CUDA builds, GPU). The default (`auto`) picks, per call and per device:
+
+  1. Triton, for CUDA tensors, when the op has a Triton kernel and Triton works here;
+  2. the compiled `_C` op, when the op has one and `_C` was built for that device;
+  3. the plain-torch reference otherwise (and always while `torch.compile` is tracing
+     a Triton-backed op; the `_C` ops have fake kernels and stay traceable).
+
+`FASTVAE_BACKEND=torch|triton|cpp|auto` overrides. A named backend applies to the ops
+that implement it; the others keep their `auto` choice. A named backend that is not
+installed raises `BackendUnavailable` with the command that fixes it. Triton on CPU
+tensors runs in interpreter mode (`TRITON_INTERPRET=1`), slowly; fastvae turns the
+interpreter on when `FASTVAE_BACKEND=triton` is set on a machine without a GPU.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton", "cpp")
+REBUILD_COMMAND = "pip install --no-build-isolation -e .   (from the fastvae checkout)"
+CUDA_REBUILD_COMMAND = "FASTVAE_CUDA=1 pip install --no-build-isolation -e ."
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend asked for by name is not installed or cannot run here."""
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    name: str
+    triton: bool
+    cpp: bool
+
+
+OPS: dict[str, OpInfo] = {}
+
+
+def register_op(name: str, *, triton: bool = False, cpp: bool = False) -> OpInfo:
+    """Declare an op and which fast paths it has (the torch reference always exists)."""
+    info = OpInfo(name, triton, cpp)
+    OPS[name] = info
+    return info
+
+
+def requested_backend() -> str:
+    value = os.environ.get("FASTVAE_BACKEND", "auto").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ValueError(f"FASTVAE_BACKEND={value!r} is not a backend; choose one of {', '.join(BACKENDS)}")
+    return value
+
+
+# ---------------------------------------------------------------- compiled core
+@functools.lru_cache(maxsize=None)
+def _load_compiled_core():
+    try:
+        return importlib.import_module("fastvae._C"), None
+    except ImportError as exc:  # not built, or built against another torch
+        return None, exc
+
+
+def compiled_core():
+    """The `fastvae._C` module, or None when it is not built."""
+    return _load_compiled_core()[0]
+
+
+def compiled_core_error() -> Exception | None:
+    return _load_compiled_core()[1]
+
+
+def cpp_available(device_type: str) -> bool:
+    core = compiled_core()
+    if core is None:
+        return False
+    if device_type == "cpu":
+        return True
+    if device_type == "cuda":
+        return bool(core.built_with_cuda)
+    return False
+
+
+def require_cpp(device_type: str) -> None:
+    if cpp_available(device_type):
+        return
+    core = compiled_core()
+    if core is None:
+        raise BackendUnavailable(
+            f"the compiled core fastvae._C is not available ({compiled_core_error()}); rebuild it with: "
+            f"{REBUILD_COMMAND}")
+    raise BackendUnavailable(
+        f"fastvae._C was built without {device_type.upper()} support; rebuild it with: {CUDA_REBUILD_COMMAND}")
+
+
+# ---------------------------------------------------------------- Triton
+def triton_interpreter() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # ImportError, or a broken install raising anything else
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def triton_gpu_available() -> bool:
+    """True when Triton compiles real GPU kernels here (not the interpreter)."""
+    if triton_interpreter() or not triton_importable() or not torch.cuda.is_available():
+        return False
+    try:
+        from triton.runtime import driver
+
+        driver.active.get_current_target()
+    except Exception:
+        return False
+    return True
+
+
+def _kernels_imported() -> bool:
+    import sys
+
+    # kernels/__init__.py defines no kernels; a submodule import means @triton.jit already ran.
+    return any(name.startswith("fastvae.kernels.") for name in sys.modules)
+
+
+def require_triton(device_type: str) -> None:
+    if not triton_importable():
+        raise BackendUnavailable("Triton is not installed; install it with: pip install triton")
+    if device_type == "cuda":
+        if triton_interpreter():
+            return  # the interpreter also runs CUDA tensors (copying them to the host)
+        if not triton_gpu_available():
+            raise BackendUnavailable("Triton cannot compile for this GPU (no working Triton GPU driver); "
+                                     "use FASTVAE_BACKEND=auto or torch")
+        return
+    if device_type == "cpu":
+        if not triton_interpreter():
+            if _kernels_imported():
+                raise BackendUnavailable(
+                    "Triton kernels on CPU tensors need the interpreter, but the kernels were already "
+                    "compiled for the GPU: set TRITON_INTERPRET=1 before importing fastvae")
+            os.environ["TRITON_INTERPRET"] = "1"  # read when the kernel modules are first imported
+        return
+    raise BackendUnavailable(f"Triton kernels do not run on {device_type} tensors")
+
+
+# ---------------------------------------------------------------- selection
+def _is_compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # older torch
+        return False
+
+
+def select(op: str | OpInfo, device: torch.device | str) -> str:
+    """The backend ('triton', 'cpp' or 'torch') that `op` uses for tensors on `device`."""
+    info = OPS[op] if isinstance(op, str) else op
+    device_type = torch.device(device).type
+    wanted = requested_backend()
+    if wanted == "torch":
+        return "torch"
+    if wanted == "triton" and info.triton:
+        if _is_compiling():
+            return "torch"
+        require_triton(device_type)
+        return "triton"
+    if wanted == "cpp" and info.cpp:
+        require_cpp(device_type)
+        return "cpp"
+    # auto, or a named backend this op does not implement
+    if info.triton and device_type == "cuda" and triton_gpu_available() and not _is_compiling():
+        return "triton"
+    if info.cpp and cpp_available(device_type):
+        return "cpp"
+    return "torch"
+
+
+def default_backends(device_type: str) -> dict[str, str]:
+    """What every registered op would run on `device_type` under the current settings."""
+    out = {}
+    for name, info in sorted(OPS.items()):
+        try:
+            out[name] = select(info, device_type)
+        except BackendUnavailable as exc:
+            out[name] = f"unavailable ({exc})"
+    return out

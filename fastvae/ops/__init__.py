@@ -1,0 +1,5 @@
+"""Python bindings of the compiled operators in `fastvae._C` (torch.ops.fastvae.*)."""
+from . import lstm_cell as lstm_cell_module
+from .lstm_cell import lstm_cell, lstm_cell_reference
+
+__all__ = ["lstm_cell", "lstm_cell_reference"]

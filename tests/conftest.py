@@ -1,0 +1,43 @@
+"""Test setup shared by every test file.
+
+- Triton kernels run on CPU tensors through the interpreter: TRITON_INTERPRET must be set
+  before any module that defines a kernel is imported, so it is set here, first.
+- Random inputs are fresh on each run: every test gets a new seed, printed when it fails;
+  FASTVAE_TEST_SEED=N replays one.
+"""
+import os
+import random
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed(request):
+    seed = int(os.environ.get("FASTVAE_TEST_SEED", random.randrange(2**31)))
+    torch.manual_seed(seed)
+    random.seed(seed)
+    request.node._fastvae_seed = seed
+    yield seed
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    seed = getattr(item, "_fastvae_seed", None)
+    if report.failed and seed is not None:
+        report.sections.append(("fastvae seed", f"replay with FASTVAE_TEST_SEED={seed}"))
+
+
+@pytest.fixture
+def shared_data():
+    """Path of ../shared/data (real corpora beside the repository); skips when absent."""
+    path = os.path.abspath(SHARED_DATA)
+    if not os.path.isdir(path):
+        pytest.skip("../shared/data is not present beside the repository")
+    return path
