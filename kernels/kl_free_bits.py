@@ -1,0 +1,230 @@
+"""KL(N(mu, exp(logvar)) || N(0, I)) with the free-bits variants of recipes.md: Triton kernels,
+launchers, autograd.Function and the plain-torch reference.
+
+KL_ij = 0.5 * (mu_ij^2 + exp(logvar_ij) - logvar_ij - 1), for row i of B and dimension j of D.
+With lam = target (nats per sentence) the scalar loss, a batch mean, is per mode:
+
+  none      mean_i sum_j KL_ij                                      grad: that of the value
+  sentence  mean_i m_i * KL_i,  KL_i = sum_j KL_ij, m_i = [KL_i > lam]        grad: m_i * dKL_i
+  dim       mean_i sum_j m_ij * KL_ij,  m_ij = [KL_ij > lam / D]              grad: m_ij * dKL_ij
+            (Li et al. fb=2: the gradient equals that of max(lam / D, KL_ij); the value does not)
+  batch     m * mean_i KL_i,  m = [mean_i KL_i > lam]                           grad: m * dKL
+  kingma    sum_j max(lam / D, mean_i KL_ij)   (Kingma et al. 2016)   grad: [mean_i KL_ij > lam / D]
+
+Masks are constants for autograd. They are written "not (KL <= threshold)", which equals
+"KL > threshold" for numbers and keeps a NaN KL in the loss: NaN inputs give a NaN loss, never
+a silently masked 0. The kernels also return the unmasked per-dimension batch mean of KL
+(what is logged: the logged KL is always unmasked).
+"""
+from __future__ import annotations
+
+import torch
+
+from ._common import acc_dtype, block_size, jit, tl, triton, upcast
+
+MODES = ("none", "sentence", "dim", "batch", "kingma")
+MODE_IDS = {name: index for index, name in enumerate(MODES)}
+
+
+# ---------------------------------------------------------------- reference
+def kl_per_dim_reference(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL_ij [B, D] in the compute dtype (float32 for half inputs, float64 for float64)."""
+    mu_c, logvar_c = upcast(mu, logvar)
+    return 0.5 * (mu_c * mu_c + torch.exp(logvar_c) - logvar_c - 1.0)
+
+
+def free_bits_from_kl(kl: torch.Tensor, target: float, mode: str) -> torch.Tensor:
+    """The free-bits loss (scalar) from KL_ij [B, D], as in the module docstring."""
+    batch, dims = kl.shape
+    if mode == "none":
+        return kl.sum() / batch
+    if mode == "sentence":
+        per_sentence = kl.sum(dim=1)
+        keep = ~(per_sentence.detach() <= target)
+        return torch.where(keep, per_sentence, torch.zeros_like(per_sentence)).sum() / batch
+    if mode == "dim":
+        keep = ~(kl.detach() <= target / dims)
+        return torch.where(keep, kl, torch.zeros_like(kl)).sum() / batch
+    if mode == "batch":
+        mean_kl = kl.sum() / batch
+        keep = ~(mean_kl.detach() <= target)
+        return torch.where(keep, mean_kl, torch.zeros_like(mean_kl))
+    if mode == "kingma":
+        per_dim = kl.mean(dim=0)
+        floor = torch.full_like(per_dim, target / dims)
+        return torch.where(per_dim.detach() <= target / dims, floor, per_dim).sum()
+    raise ValueError(f"unknown free-bits mode {mode!r}; expected one of {', '.join(MODES)}")
+
+
+def free_bits_kl_reference(mu: torch.Tensor, logvar: torch.Tensor, target: float, mode: str):
+    """Plain torch: (loss scalar, unmasked batch-mean KL per dimension [D]), compute dtype."""
+    kl = kl_per_dim_reference(mu, logvar)
+    return free_bits_from_kl(kl, target, mode), kl.detach().mean(dim=0)
+
+
+# ---------------------------------------------------------------- Triton helpers (shared with sample_and_kl)
+@jit
+def _kl_terms(mu, lv):
+    """KL_ij and its derivative in logvar (the one in mu is mu itself)."""
+    var = tl.exp(lv)
+    kl = 0.5 * (mu * mu + var - lv - 1.0)
+    return kl, 0.5 * (var - 1.0)
+
+
+@jit
+def _kl_grad_scale(kl, rows, cols, row_mask, col_mask, grad_scale, target, D,
+                   row_kl_ptr, col_mean_ptr, batch_mean_ptr, MODE: tl.constexpr):
+    """d loss / d KL_ij for a tile (grad_scale = upstream gradient / B), per free-bits mode."""
+    if MODE == 0:  # none
+        scale = grad_scale + 0.0 * kl
+    elif MODE == 1:  # sentence: mask of the row's KL
+        row_kl = tl.load(row_kl_ptr + rows, mask=row_mask, other=0.0)
+        keep = (row_kl <= target) == 0
+        scale = tl.where(keep, grad_scale, 0.0)[:, None] + 0.0 * kl
+    elif MODE == 2:  # dim: mask of each element
+        scale = tl.where((kl <= target / D) == 0, grad_scale, 0.0)
+    elif MODE == 3:  # batch: one mask for all
+        batch_mean = tl.load(batch_mean_ptr)
+        keep = (batch_mean <= target) == 0
+        scale = tl.where(keep, grad_scale, 0.0) + 0.0 * kl
+    else:  # kingma: mask of the dimension's batch mean
+        col_mean = tl.load(col_mean_ptr + cols, mask=col_mask, other=0.0)
+        keep = (col_mean <= target / D) == 0
+        scale = tl.where(keep, grad_scale, 0.0)[None, :] + 0.0 * kl
+    return scale
+
+
+# ---------------------------------------------------------------- kernels
+@jit
+def _kl_free_bits_fwd_kernel(
+    mu_ptr,  # [B, D] posterior means, strides (stride_mb, stride_md)
+    logvar_ptr,  # [B, D] posterior log-variances, strides (stride_lb, stride_ld)
+    row_kl_ptr,  # [B] out: sum_j KL_ij (unmasked), compute dtype
+    row_loss_ptr,  # [B] out: sum_j m_ij KL_ij (dim mode only), compute dtype
+    col_part_ptr,  # [cdiv(B, BLOCK_B), D] out: per-block column sums of KL_ij, compute dtype
+    B, D, target,
+    stride_mb, stride_md, stride_lb, stride_ld,
+    MODE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, ACC_DTYPE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_mask = rows < B
+    row_kl = tl.zeros([BLOCK_B], dtype=ACC_DTYPE)
+    row_loss = tl.zeros([BLOCK_B], dtype=ACC_DTYPE)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        col_mask = cols < D
+        mask = row_mask[:, None] & col_mask[None, :]
+        mu = tl.load(mu_ptr + rows[:, None] * stride_mb + cols[None, :] * stride_md, mask=mask, other=0.0)
+        lv = tl.load(logvar_ptr + rows[:, None] * stride_lb + cols[None, :] * stride_ld, mask=mask, other=0.0)
+        kl, _ = _kl_terms(mu.to(ACC_DTYPE), lv.to(ACC_DTYPE))  # 0 where masked (mu = lv = 0)
+        row_kl += tl.sum(kl, axis=1)
+        if MODE == 2:
+            row_loss += tl.sum(tl.where((kl <= target / D) == 0, kl, 0.0), axis=1)
+        tl.store(col_part_ptr + pid * D + cols, tl.sum(kl, axis=0), mask=col_mask)
+    tl.store(row_kl_ptr + rows, row_kl, mask=row_mask)
+    if MODE == 2:
+        tl.store(row_loss_ptr + rows, row_loss, mask=row_mask)
+
+
+@jit
+def _kl_free_bits_bwd_kernel(
+    mu_ptr,  # [B, D] strides (stride_mb, stride_md)
+    logvar_ptr,  # [B, D] strides (stride_lb, stride_ld)
+    grad_ptr,  # [] upstream gradient of the scalar loss
+    row_kl_ptr,  # [B] forward row sums of KL (sentence mode)
+    col_mean_ptr,  # [D] forward batch means of KL per dimension (kingma mode)
+    batch_mean_ptr,  # [] forward batch mean of KL_i (batch mode)
+    dmu_ptr,  # [B, D] out, contiguous, mu's dtype
+    dlogvar_ptr,  # [B, D] out, contiguous, logvar's dtype
+    B, D, target,
+    stride_mb, stride_md, stride_lb, stride_ld,
+    MODE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, ACC_DTYPE: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    row_mask = rows < B
+    col_mask = cols < D
+    mask = row_mask[:, None] & col_mask[None, :]
+    mu = tl.load(mu_ptr + rows[:, None] * stride_mb + cols[None, :] * stride_md, mask=mask, other=0.0)
+    lv = tl.load(logvar_ptr + rows[:, None] * stride_lb + cols[None, :] * stride_ld, mask=mask, other=0.0)
+    mu = mu.to(ACC_DTYPE)
+    lv = lv.to(ACC_DTYPE)
+    kl, dkl_dlv = _kl_terms(mu, lv)
+    grad_scale = tl.load(grad_ptr).to(ACC_DTYPE) / B
+    scale = _kl_grad_scale(kl, rows, cols, row_mask, col_mask, grad_scale, target, D,
+                           row_kl_ptr, col_mean_ptr, batch_mean_ptr, MODE)
+    out = rows[:, None] * D + cols[None, :]
+    tl.store(dmu_ptr + out, scale * mu, mask=mask)
+    tl.store(dlogvar_ptr + out, scale * dkl_dlv, mask=mask)
+
+
+# ---------------------------------------------------------------- launchers
+def combine_free_bits(row_kl, row_loss, col_sum, batch: int, dims: int, target: float, mode: str):
+    """The scalar loss from the kernel's partial sums; returns (loss, col_mean, batch_mean)."""
+    col_mean = col_sum / batch
+    batch_mean = row_kl.sum() / batch
+    if mode == "none":
+        loss = batch_mean
+    elif mode == "sentence":
+        loss = torch.where(row_kl <= target, torch.zeros_like(row_kl), row_kl).sum() / batch
+    elif mode == "dim":
+        loss = row_loss.sum() / batch
+    elif mode == "batch":
+        loss = torch.where(batch_mean <= target, torch.zeros_like(batch_mean), batch_mean)
+    else:  # kingma
+        loss = torch.where(col_mean <= target / dims, torch.full_like(col_mean, target / dims), col_mean).sum()
+    return loss, col_mean, batch_mean
+
+
+def kl_free_bits_fwd(mu: torch.Tensor, logvar: torch.Tensor, target: float, mode: str):
+    """Host launcher: (loss [], col_mean [D], row_kl [B], batch_mean []) in the compute dtype."""
+    B, D = mu.shape
+    dtype = torch.float64 if mu.dtype == torch.float64 else torch.float32
+    BLOCK_D = block_size(D, 16, 64)
+    BLOCK_B = max(1, min(64, 4096 // BLOCK_D))
+    blocks = triton.cdiv(B, BLOCK_B)
+    row_kl = torch.empty(B, dtype=dtype, device=mu.device)
+    row_loss = torch.empty(B if mode == "dim" else 1, dtype=dtype, device=mu.device)
+    col_part = torch.empty((blocks, D), dtype=dtype, device=mu.device)
+    _kl_free_bits_fwd_kernel[(blocks,)](
+        mu, logvar, row_kl, row_loss, col_part, B, D, float(target),
+        mu.stride(0), mu.stride(1), logvar.stride(0), logvar.stride(1),
+        MODE=MODE_IDS[mode], BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D, ACC_DTYPE=acc_dtype(dtype))
+    loss, col_mean, batch_mean = combine_free_bits(row_kl, row_loss, col_part.sum(dim=0), B, D, target, mode)
+    return loss, col_mean, row_kl, batch_mean
+
+
+def kl_free_bits_bwd(grad, mu, logvar, row_kl, col_mean, batch_mean, target: float, mode: str):
+    """Host launcher: (dmu, dlogvar) [B, D]; `grad` is the upstream gradient tensor (no host sync)."""
+    B, D = mu.shape
+    dmu = torch.empty((B, D), dtype=mu.dtype, device=mu.device)
+    dlogvar = torch.empty((B, D), dtype=logvar.dtype, device=logvar.device)
+    BLOCK_D = block_size(D, 16, 64)
+    BLOCK_B = max(1, 2048 // BLOCK_D)
+    grid = (triton.cdiv(B, BLOCK_B), triton.cdiv(D, BLOCK_D))
+    _kl_free_bits_bwd_kernel[grid](
+        mu, logvar, grad.reshape(()).contiguous(), row_kl, col_mean, batch_mean, dmu, dlogvar, B, D, float(target),
+        mu.stride(0), mu.stride(1), logvar.stride(0), logvar.stride(1),
+        MODE=MODE_IDS[mode], BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D, ACC_DTYPE=acc_dtype(row_kl.dtype))
+    return dmu, dlogvar
+
+
+class FreeBitsKLFunction(torch.autograd.Function):
+    """(loss, kl_per_dim_mean) with the Triton kernels; the second output is a log (no gradient)."""
+
+    @staticmethod
+    def forward(ctx, mu, logvar, target, mode):
+        loss, col_mean, row_kl, batch_mean = kl_free_bits_fwd(mu, logvar, target, mode)
+        ctx.save_for_backward(mu, logvar, row_kl, col_mean, batch_mean)
+        ctx.target, ctx.mode = target, mode
+        ctx.mark_non_differentiable(col_mean)
+        return loss, col_mean
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_col_mean):
+        mu, logvar, row_kl, col_mean, batch_mean = ctx.saved_tensors
+        dmu, dlogvar = kl_free_bits_bwd(grad_loss, mu, logvar, row_kl, col_mean, batch_mean, ctx.target, ctx.mode)
+        return dmu, dlogvar, None, None
