@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -30,6 +31,290 @@ def _cmd_smoke(args) -> int:
     return 0 if err < 1e-5 else 1
 
 
+# ----------------------------------------------------------------------------- train/eval/generate
+DEMO_EPOCHS = 8  # the no-argument demo on the built-in corpus (about two minutes on 2 CPU cores)
+
+
+def _load_training_corpus(args):
+    """(corpus, corpus_info) from --data/--train/--valid/--test or a built-in corpus."""
+    from .data import BUILTIN_CORPORA, load_corpus
+
+    files = [args.train, args.valid, args.test]
+    if args.data and any(files):
+        raise ValueError("conflicting options: give --data DIR or --train/--valid/--test files, not both")
+    if any(files) and not all(files):
+        raise ValueError("--train, --valid and --test go together: give all three files (or --data DIR)")
+    if args.corpus and (args.data or any(files)):
+        raise ValueError("conflicting options: --corpus names a built-in corpus; it cannot be combined with "
+                         "--data or --train/--valid/--test")
+    vocab_opts = {"max_vocab": args.max_vocab, "min_count": args.min_count, "max_len": args.max_len}
+    if args.data or any(files):
+        if args.data:
+            corpus = load_corpus(args.data, **vocab_opts)
+            info = {"data": os.path.abspath(args.data)}
+        else:
+            corpus = load_corpus(train=args.train, valid=args.valid, test=args.test, **vocab_opts)
+            info = {"train": os.path.abspath(args.train), "valid": os.path.abspath(args.valid),
+                    "test": os.path.abspath(args.test)}
+        info.update({k: v for k, v in vocab_opts.items() if v is not None})
+        return corpus, info, False
+    name = args.corpus or "grammar"
+    if name not in BUILTIN_CORPORA:
+        raise ValueError(f"unknown built-in corpus {name!r}: expected one of {', '.join(BUILTIN_CORPORA)}")
+    if any(v is not None for v in vocab_opts.values()):
+        raise ValueError("--max-vocab/--min-count/--max-len apply to corpora read from files, not built-in ones")
+    return BUILTIN_CORPORA[name](), {"builtin": name}, True
+
+
+_RECIPE_FLAGS = ["kl_start", "warm_up", "beta", "variant", "cycles", "ratio", "ramp", "cycle_epochs", "lr_restart",
+                 "fb_mode", "target_kl", "aggressive", "max_inner_steps", "inner_window", "pretrain_epochs"]
+_TRAIN_FLAGS = ["epochs", "batch_size", "batch_mode", "optimizer", "lr", "momentum", "clip", "patience",
+                "decay_factor", "decay_min_epoch", "max_decays", "seed", "device", "precision", "iw_samples",
+                "eval_batch_size", "log_interval", "checkpoint_every"]
+
+
+def _cmd_train(args) -> int:
+    import json
+
+    from .training import Trainer
+    from .training.checkpoint import read_checkpoint
+
+    if args.resume:
+        saved = read_checkpoint(os.path.join(args.resume, "last.pt") if os.path.isdir(args.resume) else args.resume)
+        if any(getattr(args, f) is not None for f in _RECIPE_FLAGS + _TRAIN_FLAGS) or args.recipe or args.config:
+            raise ValueError("--resume continues a run with its saved options; give no other training options")
+        cfg = saved["train_config"]
+        recipe, recipe_options, config = cfg["recipe"], cfg["recipe_options"], cfg["config"]
+        train_options = {k: cfg[k] for k in _TRAIN_FLAGS}
+        info = saved["corpus"]
+        args.data, args.train, args.valid, args.test = info.get("data"), info.get("train"), info.get("valid"), \
+            info.get("test")
+        args.corpus = info.get("builtin")
+        for key in ("max_vocab", "min_count", "max_len"):
+            setattr(args, key, info.get(key))
+        corpus, corpus_info, builtin = _load_training_corpus(args)
+        out = os.path.dirname(os.path.abspath(args.resume)) if not os.path.isdir(args.resume) else args.resume
+    else:
+        corpus, corpus_info, builtin = _load_training_corpus(args)
+        recipe = args.recipe or "vae"
+        config = args.config or ("tiny" if builtin else "ptb")
+        recipe_options = {f: getattr(args, f) for f in _RECIPE_FLAGS if getattr(args, f) is not None}
+        train_options = {f: getattr(args, f) for f in _TRAIN_FLAGS if getattr(args, f) is not None}
+        if "epochs" not in train_options:
+            train_options["epochs"] = DEMO_EPOCHS if builtin else 100
+        out = args.out or os.path.join("runs", f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
+    trainer = Trainer(None, corpus, recipe=recipe, out_dir=out, config=config, recipe_options=recipe_options,
+                      corpus_info=corpus_info, progress=not args.no_progress, verbose=not args.json,
+                      **train_options)
+    test = trainer.fit(resume=args.resume)
+    if args.json:
+        print(json.dumps({"out_dir": out, "recipe": recipe, "best_epoch": trainer.best_epoch, "test": test}))
+        return 0
+    print(f"run directory: {out} (config.json, metrics.jsonl, best.pt, last.pt, training.png)")
+    if args.examples and trainer.is_vae:
+        _print_examples(trainer.model, corpus, args.examples, seed=trainer.cfg.seed)
+    return 0
+
+
+def _print_examples(model, corpus, num, seed=0):
+    import torch
+
+    from .training import generation
+
+    vocab = corpus.vocab
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    sentences = [vocab.decode(s.tolist()) for s in corpus.test.sentences[:num]]
+    print("\nreconstructions (z = posterior mean, greedy decoding):")
+    for src, out in zip(sentences, generation.reconstruct(model, vocab, sentences)):
+        print(f"  > {src}\n  = {out}")
+    print("\nsamples from the prior (greedy decoding):")
+    for text in generation.sample_prior(model, vocab, num, generator=gen):
+        print(f"  - {text}")
+    if len(sentences) >= 2:
+        print("\ninterpolation between the first two test sentences:")
+        for i, text in enumerate(generation.interpolate(model, vocab, sentences[0], sentences[1], steps=5)):
+            print(f"  {i / 4:.2f}  {text}")
+
+
+def _eval_dataset(args, vocab, ckpt):
+    """The dataset to evaluate: --data FILE|DIR (with --split), or the checkpoint's built-in corpus."""
+    from .data import BUILTIN_CORPORA, load_corpus
+
+    if args.data is None:
+        name = ckpt.get("corpus", {}).get("builtin")
+        if name is None:
+            raise ValueError("give --data FILE|DIR: the checkpoint was trained on files, not a built-in corpus")
+        corpus = BUILTIN_CORPORA[name]()
+        if corpus.vocab.to_dict() != vocab.to_dict():
+            raise ValueError(f"the built-in corpus {name!r} here has another vocabulary than the checkpoint's")
+        return getattr(corpus, args.split)
+    if os.path.isdir(args.data):
+        return getattr(load_corpus(args.data, vocab=vocab), args.split)
+    if not os.path.isfile(args.data):
+        raise FileNotFoundError(f"--data {args.data!r}: no such file or directory")
+    return load_corpus(train=args.data, valid=args.data, test=args.data, vocab=vocab).test
+
+
+def _cmd_eval(args) -> int:
+    import json
+
+    import torch
+
+    from .evaluation import evaluate
+    from .training import format_metrics_table
+    from .training.checkpoint import load_model
+
+    model, vocab, ckpt = load_model(args.checkpoint, device=args.device)
+    dataset = _eval_dataset(args, vocab, ckpt)
+    metrics = args.metrics.split(",") if args.metrics else None
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    result = evaluate(model, dataset, batch_size=args.batch_size, iw_samples=args.iw_samples, metrics=metrics,
+                      device=args.device, generator=gen, batch_mode=args.batch_mode)
+    result = {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in result.items()}
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "kind": ckpt["kind"], "iw_samples": args.iw_samples,
+                          "mi_estimators": {"mi": "whole split", "mi_batch": f"per batch of {args.batch_size}"},
+                          **result}))
+    else:
+        print(format_metrics_table(result, title=f"{args.checkpoint}: {len(dataset)} sentences"))
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    import json
+
+    import torch
+
+    from .training import generation
+    from .training.checkpoint import load_model
+
+    model, vocab, ckpt = load_model(args.checkpoint, device=args.device)
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    decode = {"strategy": args.strategy, "max_len": args.max_len, "temperature": args.temperature,
+              "top_k": args.top_k, "beam_size": args.beam_size}
+    sentences = list(args.sentences or [])
+    if args.input:
+        with open(args.input, encoding="utf-8") as handle:
+            sentences += [line.strip() for line in handle if line.strip()]
+    if not sentences and args.mode != "sample":
+        name = ckpt.get("corpus", {}).get("builtin")
+        if name is None:
+            raise ValueError(f"--mode {args.mode} needs input sentences: --sentences '...' or --input FILE")
+        from .data import BUILTIN_CORPORA
+
+        test = BUILTIN_CORPORA[name]().test
+        sentences = [vocab.decode(s.tolist()) for s in test.sentences[: max(args.num, 2)]]
+    if args.mode == "reconstruct":
+        sentences = sentences[: args.num] if not args.sentences and not args.input else sentences
+        outputs = generation.reconstruct(model, vocab, sentences, use_mean=not args.sample_posterior,
+                                         generator=gen, **decode)
+        result = [{"input": s, "output": o} for s, o in zip(sentences, outputs)]
+    elif args.mode == "sample":
+        result = [{"output": o} for o in generation.sample_prior(model, vocab, args.num, generator=gen, **decode)]
+    else:
+        if len(sentences) < 2:
+            raise ValueError("--mode interpolate needs two sentences (--sentences 'first ...' 'second ...')")
+        if len(sentences) > 2 and (args.sentences or args.input):
+            raise ValueError(f"--mode interpolate takes exactly two sentences, got {len(sentences)}")
+        outputs = generation.interpolate(model, vocab, sentences[0], sentences[1], steps=args.steps, generator=gen,
+                                         **decode)
+        result = [{"t": i / (args.steps - 1), "output": o} for i, o in enumerate(outputs)]
+    if args.json:
+        print(json.dumps({"mode": args.mode, "strategy": args.strategy, "results": result}))
+        return 0
+    for row in result:
+        if "input" in row:
+            print(f"> {row['input']}\n= {row['output']}")
+        elif "t" in row:
+            print(f"{row['t']:.2f}  {row['output']}")
+        else:
+            print(row["output"])
+    return 0
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _nonneg_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def _add_train_parser(sub):
+    from .training.objectives import FREE_BITS_MODES
+    from .training.recipes import CYCLICAL_VARIANTS, LR_RESTARTS, RECIPE_NAMES
+    from .training.schedules import RAMPS
+
+    p = sub.add_parser("train", help="train a text VAE (or the LSTM LM baseline) with a recipe",
+                       description="Train with a published recipe. With no data argument, trains the tiny config "
+                                   "on the built-in grammar corpus.")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="directory with train.txt, valid.txt, test.txt (one sentence per line, "
+                                  "optionally label<TAB>text)")
+    g.add_argument("--train", help="training file (with --valid and --test)")
+    g.add_argument("--valid")
+    g.add_argument("--test")
+    g.add_argument("--corpus", help="built-in corpus: grammar (default without data) or synthetic")
+    g.add_argument("--max-vocab", type=_positive_int)
+    g.add_argument("--min-count", type=_positive_int)
+    g.add_argument("--max-len", type=_positive_int)
+    g = p.add_argument_group("model and recipe")
+    g.add_argument("--config", help="model config: ptb, yelp, yahoo, synthetic, tiny "
+                                    "(default: tiny for a built-in corpus, ptb otherwise)")
+    g.add_argument("--recipe", choices=RECIPE_NAMES, help="default: vae")
+    g.add_argument("--kl-start", type=float, help="annealing start weight (vae/beta/aggressive/pretrain-fb); "
+                                                   "cyclical: each cycle's start value")
+    g.add_argument("--warm-up", type=float, help="annealing length in epochs")
+    g.add_argument("--beta", type=float, help="beta recipe: weight of the KL term (default 0.4)")
+    g.add_argument("--variant", choices=list(CYCLICAL_VARIANTS), help="cyclical: paper (default) or ptb-script")
+    g.add_argument("--cycles", type=_positive_int, help="cyclical: number of cycles M (default 4)")
+    g.add_argument("--ratio", type=float, help="cyclical: fraction R of a cycle spent ramping (default 0.5)")
+    g.add_argument("--ramp", choices=RAMPS, help="cyclical: ramp shape (default linear)")
+    g.add_argument("--cycle-epochs", type=float, help="cyclical: cycle length in epochs instead of M cycles")
+    g.add_argument("--lr-restart", choices=LR_RESTARTS, help="cyclical: cosine learning-rate restart per cycle")
+    g.add_argument("--fb-mode", choices=FREE_BITS_MODES, help="free-bits mode (pretrain-fb default: dim)")
+    g.add_argument("--target-kl", type=float, help="free-bits target lambda, nats per sentence")
+    g.add_argument("--aggressive", action="store_const", const=True,
+                   help="He et al.'s aggressive encoder updates on top of the recipe")
+    g.add_argument("--max-inner-steps", type=_positive_int, help="aggressive: encoder sub-steps cap (100)")
+    g.add_argument("--inner-window", type=_positive_int, help="aggressive: stop-rule window (15)")
+    g.add_argument("--pretrain-epochs", type=_positive_int, help="pretrain-fb: epochs of the AE phase")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=_positive_int,
+                   help=f"epochs per phase (default {DEMO_EPOCHS} on a built-in corpus, 100 otherwise)")
+    g.add_argument("--batch-size", type=_positive_int)
+    g.add_argument("--batch-mode", choices=["bucket", "padded"])
+    g.add_argument("--optimizer", choices=["sgd", "adam"])
+    g.add_argument("--lr", type=float)
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--clip", type=float, help="gradient-norm clip (5; 0 = off)")
+    g.add_argument("--patience", type=_positive_int, help="epochs without improvement before a decay")
+    g.add_argument("--decay-factor", type=float)
+    g.add_argument("--decay-min-epoch", type=_nonneg_int, help="no decay before this epoch (15)")
+    g.add_argument("--max-decays", type=_positive_int, help="stop after this many decays (5)")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", help="run directory (default runs/<recipe>-<time>)")
+    g.add_argument("--resume", help="continue the run in this directory (or last.pt) exactly where it stopped")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="cpu or cuda")
+    g.add_argument("--precision", choices=["fp32", "bf16"])
+    g.add_argument("--iw-samples", type=_nonneg_int, help="importance samples of the test NLL (500; 0: none)")
+    g.add_argument("--eval-batch-size", type=_positive_int)
+    g.add_argument("--log-interval", type=_positive_int)
+    g.add_argument("--checkpoint-every", type=_nonneg_int, help="steps between mid-epoch last.pt writes")
+    g.add_argument("--examples", type=_nonneg_int, default=3,
+                   help="reconstructions/samples printed at the end (default 3; 0: none)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--json", action="store_true", help="print only one JSON object with the test metrics")
+    p.set_defaults(func=_cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastvae", description="Text VAEs without posterior collapse.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -41,9 +326,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_smoke)
+    _add_train_parser(sub)
+
+    p = sub.add_parser("eval", help="metrics of a checkpoint on a corpus (rec, kl, elbo, IW nll, ppl, mi, au)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", help="a file (one sentence per line) or a corpus directory (see --split); default: "
+                                  "the checkpoint's built-in corpus")
+    p.add_argument("--split", choices=["train", "valid", "test"], default="test")
+    p.add_argument("--iw-samples", type=_positive_int, default=500)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--batch-mode", choices=["bucket", "padded"], default="bucket")
+    p.add_argument("--metrics", help="comma-separated subset, e.g. rec,kl,nll (default: all)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("generate", help="reconstructions, prior samples or interpolations from a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--mode", choices=["reconstruct", "sample", "interpolate"], default="sample")
+    p.add_argument("--strategy", choices=["greedy", "sample", "beam"], default="greedy")
+    p.add_argument("--sentences", nargs="+", help="input sentences (reconstruct; two for interpolate)")
+    p.add_argument("--input", help="file of input sentences, one per line")
+    p.add_argument("--num", type=_positive_int, default=5, help="samples to draw / default inputs to take")
+    p.add_argument("--steps", type=_positive_int, default=5, help="interpolation points, end points included")
+    p.add_argument("--sample-posterior", action="store_true", help="reconstruct from a posterior sample, not mu")
+    p.add_argument("--max-len", type=_positive_int, default=40)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=_nonneg_int, default=0)
+    p.add_argument("--beam-size", type=_positive_int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_generate)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        # bad options or input: one clear line, no traceback
+        print(f"fastvae {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fastvae {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,144 @@
+"""Encoder-update policies: which optimiser steps on which loss, per outer training batch.
+
+A policy talks to the trainer through three methods (see `Trainer`):
+  `trainer.compute_loss(batch, kl_weight)` -> (loss scalar, stats dict of detached device tensors)
+  `trainer.backward_and_step(loss, step_encoder, step_decoder, clip_params)`
+  `trainer.random_train_batch()` -> a training batch drawn uniformly with replacement
+"""
+from __future__ import annotations
+
+import contextlib
+
+
+class JointUpdate:
+    """Plain VAE (and LM): one loss, both networks step together."""
+
+    name = "joint"
+    active = False
+
+    def step(self, trainer, batch, kl_weight: float) -> dict:
+        loss, stats = trainer.compute_loss(batch, kl_weight)
+        trainer.backward_and_step(loss, step_encoder=True, step_decoder=True)
+        return stats
+
+    def end_of_epoch(self, trainer, valid_metrics: dict) -> str | None:
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+
+@contextlib.contextmanager
+def frozen(params):
+    """Temporarily sets requires_grad=False (backward then skips these weights' gradients)."""
+    params = list(params)
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+class AggressiveUpdate:
+    """He et al. (2019): encoder-only inner loop, then one decoder step, while aggressive mode is on.
+
+    Inner loop (at most `max_inner_steps` sub-iterations; the reference's `while sub_iter < 100`
+    runs 99, recipes.md states 100): loss at the current KL weight on the outer batch first, then
+    on random training batches (uniform, with replacement); backward, clip, step only the encoder.
+    Loss and target-word counts accumulate (on the device); every `window` sub-iterations the mean
+    loss per word is compared with the previous window's (initially 1e4) and the loop stops if it
+    went up. The decoder's weights are frozen (requires_grad=False) during these sub-steps, so
+    backward computes only the path to z: the reference computes the decoder's gradients and
+    discards them. Consequence: the clip norm covers the encoder's gradients only (the reference
+    clips over all parameters, decoder gradients included).
+    Then the loss on the outer batch is recomputed and only the decoder steps (gradients and clip
+    over all parameters, as in the reference).
+    At each epoch end, while on: mutual information on the validation set (the per-batch estimator,
+    He et al.'s calc_mi); if it decreased versus the previous epoch (initially 0), aggressive mode
+    is switched off for good and the policy behaves as `JointUpdate`.
+    """
+
+    name = "aggressive"
+
+    def __init__(self, max_inner_steps: int = 100, window: int = 15, initial_window_loss: float = 1e4):
+        for label, value in (("max_inner_steps", max_inner_steps), ("inner window", window)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"aggressive {label} must be a positive int, got {value!r}")
+        self.max_inner_steps, self.window = max_inner_steps, window
+        self.initial_window_loss = float(initial_window_loss)
+        self.active = True
+        self.previous_mi = 0.0
+        self.switched_off_epoch = None
+        # encoder sub-steps taken (a host count: the stop decisions already live on the host)
+        self.inner_steps = 0
+        self.last_inner_steps = 0
+
+    def step(self, trainer, batch, kl_weight: float) -> dict:
+        if not self.active:
+            loss, stats = trainer.compute_loss(batch, kl_weight)
+            trainer.backward_and_step(loss, step_encoder=True, step_decoder=True)
+            return stats
+        self.last_inner_steps = self.encoder_inner_loop(trainer, batch, kl_weight)
+        self.inner_steps += self.last_inner_steps
+        loss, stats = trainer.compute_loss(batch, kl_weight)
+        trainer.backward_and_step(loss, step_encoder=False, step_decoder=True)
+        return stats
+
+    def encoder_inner_loop(self, trainer, batch, kl_weight: float) -> int:
+        """Runs the inner loop; returns how many encoder sub-steps it took."""
+        previous = self.initial_window_loss
+        window_loss = window_words = None
+        enc_batch = batch
+        sub = 0
+        with frozen(trainer.decoder_parameters()):
+            for sub in range(1, self.max_inner_steps + 1):
+                if sub > 1:
+                    enc_batch = trainer.random_train_batch()
+                loss, stats = trainer.compute_loss(enc_batch, kl_weight)
+                trainer.backward_and_step(loss, step_encoder=True, step_decoder=False,
+                                          clip_params=trainer.encoder_parameters())
+                summed = stats["loss_sum"]
+                window_loss = summed if window_loss is None else window_loss + summed
+                window_words = stats["words"] if window_words is None else window_words + stats["words"]
+                if sub % self.window == 0:
+                    current = (window_loss / window_words).item()  # the stop decision needs the host
+                    if previous - current < 0:
+                        break
+                    previous = current
+                    window_loss = window_words = None
+        return sub
+
+    def end_of_epoch(self, trainer, valid_metrics: dict) -> str | None:
+        if not self.active:
+            return None
+        mi = float(valid_metrics["mi_batch"])
+        message = None
+        if mi - self.previous_mi < 0:
+            self.active = False
+            self.switched_off_epoch = trainer.epoch
+            message = (f"aggressive training switched off: validation MI fell from "
+                       f"{self.previous_mi:.4f} to {mi:.4f}")
+        self.previous_mi = mi
+        return message
+
+    def state_dict(self) -> dict:
+        return {"active": self.active, "previous_mi": self.previous_mi, "inner_steps": self.inner_steps,
+                "switched_off_epoch": self.switched_off_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.active = bool(state["active"])
+        self.previous_mi = float(state["previous_mi"])
+        self.inner_steps = int(state["inner_steps"])
+        self.switched_off_epoch = state.get("switched_off_epoch")
+
+    def describe(self) -> dict:
+        return {"name": self.name, "max_inner_steps": self.max_inner_steps, "window": self.window}

@@ -1,0 +1,204 @@
+"""Recipes: named compositions of a KL-weight schedule, a KL objective, an encoder-update policy
+and phases. Semantics: ../shared/docs/recipes.md.
+
+| recipe | phases | KL weight | KL objective | policy |
+|---|---|---|---|---|
+| `lm` | train | - | - (LSTM language model) | joint |
+| `vae` | train | 1, or linear annealing (kl_start, warm_up) | plain | joint |
+| `beta` | train | beta x (1, or linear annealing) | plain | joint |
+| `cyclical` | train | cyclical (M cycles, ratio R, ramp; or cycle_epochs) | plain | joint |
+| `aggressive` | train | linear annealing 0.1 -> 1 over 10 epochs | plain | aggressive (He et al.) |
+| `pretrain-fb` | pretrain (beta=0, selected by rec), fb (decoder re-initialised, encoder kept, new optimisers, 0 -> 1 over 10 epochs, selected by the true ELBO) | | free bits `dim`, target 8 | joint |
+
+Natural combinations are options: every VAE recipe takes `fb_mode`/`target_kl` (free bits) and
+`aggressive=True` (He et al.'s encoder policy), for example `cyclical` with free bits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .objectives import FREE_BITS_MODES, KLObjective
+from .policies import AggressiveUpdate, JointUpdate
+from .schedules import RAMPS, ConstantSchedule, CyclicalSchedule, LinearAnnealing, Schedule
+
+RECIPE_NAMES = ("lm", "vae", "beta", "cyclical", "aggressive", "pretrain-fb")
+
+_VAE_COMMON = {"fb_mode": "none", "target_kl": None, "aggressive": False, "max_inner_steps": 100,
+               "inner_window": 15}
+_ANNEAL = {"kl_start": None, "warm_up": None}
+
+# option -> default, per recipe (None: "not set", resolved in build_recipe)
+RECIPE_OPTIONS = {
+    "lm": {},
+    "vae": {**_ANNEAL, **_VAE_COMMON},
+    "beta": {"beta": 0.4, **_ANNEAL, **_VAE_COMMON},
+    "cyclical": {"variant": "paper", "cycles": None, "ratio": None, "ramp": "linear", "kl_start": None,
+                 "cycle_epochs": None, "lr_restart": None, **_VAE_COMMON},
+    "aggressive": {"kl_start": 0.1, "warm_up": 10.0, **_VAE_COMMON, "aggressive": True},
+    "pretrain-fb": {"kl_start": 0.0, "warm_up": 10.0, **_VAE_COMMON, "fb_mode": "dim", "target_kl": 8.0,
+                    "pretrain_epochs": None},
+}
+
+CYCLICAL_VARIANTS = {
+    # Fu et al.'s paper form
+    "paper": {"cycles": 4, "ratio": 0.5, "kl_start": 0.0, "cycle_epochs": None, "lr_restart": "none"},
+    # the paper's own PTB script: 10-epoch cycles, beta restarts at 0.1 and reaches 1 after 4.5
+    # epochs, Adam 1e-3 with a cosine learning-rate restart each cycle
+    "ptb-script": {"cycles": 4, "ratio": 0.45, "kl_start": 0.1, "cycle_epochs": 10.0, "lr_restart": "cosine"},
+}
+LR_RESTARTS = ("none", "cosine")
+
+# training-option defaults a recipe implies (the user's explicit values win)
+TRAIN_DEFAULTS = {
+    "lm": {"lr": 1.0, "patience": 2},
+    "vae": {"lr": 1.0, "patience": 2},
+    "beta": {"lr": 1.0, "patience": 2},
+    "cyclical": {"lr": 1.0, "patience": 2},
+    "aggressive": {"lr": 1.0, "patience": 2},
+    "pretrain-fb": {"lr": 0.5, "patience": 5},
+}
+
+
+@dataclass
+class Phase:
+    """One stretch of training with its own schedule, objective, policy, optimisers and selection."""
+
+    name: str
+    schedule: Schedule
+    objective: KLObjective | None  # None: language model (no latent)
+    policy: object
+    select_by: str  # "elbo" (rec + unmasked kl), "rec", or "nll" (language model)
+    reset_decoder: bool = False  # re-initialise every decoder parameter when the phase starts
+    epochs: int | None = None  # None: the trainer's `epochs`
+    lr_restart: str = "none"  # "cosine": learning rate restarts with each KL cycle
+
+    def describe(self) -> dict:
+        return {"name": self.name, "schedule": self.schedule.describe(),
+                "objective": None if self.objective is None else self.objective.describe(),
+                "policy": self.policy.describe(), "select_by": self.select_by,
+                "reset_decoder": self.reset_decoder, "epochs": self.epochs, "lr_restart": self.lr_restart}
+
+
+@dataclass
+class Recipe:
+    name: str
+    model_kind: str  # "vae" or "lm"
+    phases: list
+    options: dict  # every option, resolved
+    train_defaults: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "model_kind": self.model_kind, "options": self.options,
+                "phases": [p.describe() for p in self.phases]}
+
+
+def _fail_unknown(recipe: str, unknown) -> None:
+    allowed = sorted(RECIPE_OPTIONS[recipe])
+    applies = {opt: [r for r, opts in RECIPE_OPTIONS.items() if opt in opts] for opt in unknown}
+    parts = []
+    for opt, recipes in applies.items():
+        where = f"it applies to: {', '.join(recipes)}" if recipes else "no recipe has it"
+        parts.append(f"{opt!r} ({where})")
+    raise ValueError(f"option(s) {', '.join(parts)} do not apply to recipe {recipe!r}; "
+                     f"its options are: {', '.join(allowed) if allowed else 'none'}")
+
+
+def resolve_options(recipe: str, options: dict | None = None) -> dict:
+    """The recipe's options with defaults filled in; clear errors for unknown or conflicting ones."""
+    if recipe not in RECIPE_OPTIONS:
+        raise ValueError(f"unknown recipe {recipe!r}: expected one of {', '.join(RECIPE_NAMES)}")
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    unknown = [k for k in given if k not in RECIPE_OPTIONS[recipe]]
+    if unknown:
+        _fail_unknown(recipe, unknown)
+    resolved = {**RECIPE_OPTIONS[recipe], **given}
+
+    if recipe in ("vae", "beta"):
+        # annealing is optional: giving either value turns it on with He et al.'s other value
+        if resolved["kl_start"] is None and resolved["warm_up"] is None:
+            resolved["kl_start"], resolved["warm_up"] = 1.0, 0.0
+        else:
+            resolved["kl_start"] = 0.1 if resolved["kl_start"] is None else resolved["kl_start"]
+            resolved["warm_up"] = 10.0 if resolved["warm_up"] is None else resolved["warm_up"]
+    if recipe == "cyclical":
+        if resolved["variant"] not in CYCLICAL_VARIANTS:
+            raise ValueError(f"unknown cyclical variant {resolved['variant']!r}: expected one of "
+                             f"{', '.join(CYCLICAL_VARIANTS)}")
+        variant = dict(CYCLICAL_VARIANTS[resolved["variant"]])
+        if "cycles" in given:  # M cycles asked for explicitly: the cycle length follows from it
+            variant["cycle_epochs"] = None
+        for key, value in variant.items():
+            if resolved[key] is None:
+                resolved[key] = value
+        if resolved["ramp"] not in RAMPS:
+            raise ValueError(f"unknown ramp shape {resolved['ramp']!r}: expected one of {', '.join(RAMPS)}")
+        if resolved["lr_restart"] not in LR_RESTARTS:
+            raise ValueError(f"unknown lr restart {resolved['lr_restart']!r}: expected one of {', '.join(LR_RESTARTS)}")
+        if "cycles" in given and "cycle_epochs" in given:
+            raise ValueError("conflicting options: give the number of cycles (cycles) or the cycle length "
+                             "in epochs (cycle_epochs), not both")
+    if recipe != "lm":
+        if resolved["fb_mode"] not in FREE_BITS_MODES:
+            raise ValueError(f"unknown free-bits mode {resolved['fb_mode']!r}: expected one of "
+                             f"{', '.join(FREE_BITS_MODES)}")
+        if resolved["fb_mode"] == "none" and resolved["target_kl"] is not None:
+            raise ValueError(f"conflicting options: target_kl={resolved['target_kl']} is given but fb_mode is "
+                             f"'none'; choose a free-bits mode ({', '.join(FREE_BITS_MODES[1:])})")
+        if resolved["fb_mode"] != "none" and resolved["target_kl"] is None:
+            raise ValueError(f"free-bits mode {resolved['fb_mode']!r} needs target_kl (nats per sentence)")
+        if resolved["target_kl"] is None:
+            resolved["target_kl"] = 0.0
+        if not resolved["aggressive"] and any(k in given for k in ("max_inner_steps", "inner_window")):
+            raise ValueError("max_inner_steps/inner_window configure the aggressive policy: add aggressive=True "
+                             "(--aggressive) or use the 'aggressive' recipe")
+        if recipe == "aggressive" and given.get("aggressive") is False:
+            raise ValueError("recipe 'aggressive' cannot run with aggressive=False; use recipe 'vae' with "
+                             "kl_start/warm_up for the same model without the aggressive policy")
+    return resolved
+
+
+def _policy(opts: dict):
+    if opts.get("aggressive"):
+        return AggressiveUpdate(max_inner_steps=int(opts["max_inner_steps"]), window=int(opts["inner_window"]))
+    return JointUpdate()
+
+
+def _epochs_option(name: str, value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def build_recipe(name: str, options: dict | None = None) -> Recipe:
+    """Builds the named recipe's phases from its options (see the module table)."""
+    opts = resolve_options(name, options)
+    train_defaults = dict(TRAIN_DEFAULTS[name])
+    if name == "lm":
+        phases = [Phase("train", ConstantSchedule(0.0), None, JointUpdate(), select_by="nll")]
+        return Recipe(name, "lm", phases, opts, train_defaults)
+
+    objective = KLObjective(opts["fb_mode"], float(opts["target_kl"]))
+    if name in ("vae", "beta", "aggressive"):
+        schedule = LinearAnnealing(opts["kl_start"], opts["warm_up"])
+        if name == "beta":
+            objective.scale = float(opts["beta"])
+            objective.__post_init__()
+        phases = [Phase("train", schedule, objective, _policy(opts), select_by="elbo")]
+    elif name == "cyclical":
+        schedule = CyclicalSchedule(cycles=opts["cycles"], ratio=opts["ratio"], ramp=opts["ramp"],
+                                    start=opts["kl_start"], cycle_epochs=opts["cycle_epochs"])
+        phases = [Phase("train", schedule, objective, _policy(opts), select_by="elbo",
+                        lr_restart=opts["lr_restart"])]
+        if opts["variant"] == "ptb-script":
+            train_defaults.update({"optimizer": "adam", "lr": 1e-3})
+    elif name == "pretrain-fb":
+        pretrain = Phase("pretrain", ConstantSchedule(0.0), KLObjective(), _policy(opts), select_by="rec",
+                         epochs=_epochs_option("pretrain_epochs", opts["pretrain_epochs"]))
+        anneal = Phase("fb", LinearAnnealing(opts["kl_start"], opts["warm_up"]), objective, _policy(opts),
+                       select_by="elbo", reset_decoder=True)
+        phases = [pretrain, anneal]
+    else:  # resolve_options has rejected every other name
+        raise AssertionError(name)
+    return Recipe(name, "vae", phases, opts, train_defaults)

@@ -1,0 +1,673 @@
+"""The Trainer: runs a recipe's phases with the references' optimisation, logs, checkpoints, plots.
+
+    from fastvae import Trainer
+    from fastvae.data import BUILTIN_CORPORA
+    corpus = BUILTIN_CORPORA["grammar"]()
+    trainer = Trainer(None, corpus, recipe="cyclical", config="tiny", epochs=10, out_dir="runs/demo")
+    test_metrics = trainer.fit()
+
+Every training step stays on the device: losses and counts accumulate as tensors and the host
+reads them once per log interval and per epoch (the aggressive policy's stop rule reads once per
+15-step window: a decision that needs it). A non-finite loss is recorded on the device with its
+step and stops the run at the next read, before any checkpoint could be written from it.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import __version__
+from .checkpoint import FORMAT_VERSION, atomic_torch_save, capture_rng_state, read_checkpoint, restore_rng_state
+from .optim import DEFAULT_LR, OPTIMIZERS, PlateauDecay, make_optimizer
+from .recipes import RECIPE_OPTIONS, Recipe, build_recipe
+from .schedules import CosineRestartLR
+
+PRECISIONS = ("fp32", "bf16")
+BATCH_MODES = ("bucket", "padded")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the message names the step. The last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Training options (the recipe's own options live in `recipe_options`)."""
+
+    recipe: str = "vae"
+    recipe_options: dict = field(default_factory=dict)
+    config: str = "tiny"  # model config name (used when no model is given)
+    epochs: int = 100
+    batch_size: int | None = None  # None: the model config's batch size
+    batch_mode: str = "bucket"
+    optimizer: str | None = None  # None: the recipe's default (sgd, or adam for cyclical ptb-script)
+    lr: float | None = None  # None: the recipe's default for the optimizer
+    momentum: float = 0.0
+    clip: float = 5.0
+    patience: int | None = None  # None: the recipe's default (He et al. 2, Li et al. 5)
+    decay_factor: float = 0.5
+    decay_min_epoch: int = 15
+    max_decays: int = 5
+    seed: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"
+    eval_batch_size: int = 64
+    iw_samples: int = 500  # importance samples of the final test NLL (0: no IW-NLL)
+    log_interval: int = 50  # steps between host reads (progress bar, NaN check)
+    checkpoint_every: int = 0  # steps between mid-epoch `last.pt` writes (0: at epoch ends only)
+    progress: bool = True
+    verbose: bool = True
+
+    def validate(self) -> None:
+        def positive_int(name, value, allow_zero=False):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+                raise ValueError(f"{name} must be an int >= {0 if allow_zero else 1}, got {value!r}")
+
+        positive_int("epochs", self.epochs)
+        if self.batch_size is not None:
+            positive_int("batch_size", self.batch_size)
+        positive_int("eval_batch_size", self.eval_batch_size)
+        positive_int("iw_samples", self.iw_samples, allow_zero=True)
+        positive_int("log_interval", self.log_interval)
+        positive_int("checkpoint_every", self.checkpoint_every, allow_zero=True)
+        positive_int("decay_min_epoch", self.decay_min_epoch, allow_zero=True)
+        positive_int("max_decays", self.max_decays)
+        if self.patience is not None:
+            positive_int("patience", self.patience)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if self.batch_mode not in BATCH_MODES:
+            raise ValueError(f"unknown batch mode {self.batch_mode!r}: expected one of {', '.join(BATCH_MODES)}")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        for name in ("clip", "momentum", "decay_factor"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if self.momentum and self.optimizer == "adam":
+            raise ValueError("conflicting options: momentum applies to sgd, not adam")
+
+
+_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+_ALL_RECIPE_OPTIONS = set().union(*RECIPE_OPTIONS.values())
+
+
+def _resolve_device(name) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {name!r}: expected cpu or cuda[:N]") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but this torch has no usable CUDA device; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {name!r}: expected cpu or cuda[:N]")
+    return device
+
+
+def _derive_seed(*parts: int) -> int:
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value * 6364136223846793005 + int(part) + 1442695040888963407) % (2 ** 63)
+    return value
+
+
+class Trainer:
+    """Trains `model` (or a model built from `config`) on `corpus` with a named recipe.
+
+    Trainer(model, corpus, *, recipe="vae", out_dir=None, config="tiny", epochs=..., <TrainConfig
+    fields>, <recipe options>) ; `.fit()` returns the final test metrics. Options are checked:
+    an unknown name, or a recipe option the chosen recipe does not take, is a ValueError.
+    `out_dir=None` writes nothing (the best model is kept in memory).
+    """
+
+    def __init__(self, model, corpus, *, recipe: str = "vae", out_dir: str | None = None,
+                 recipe_options: dict | None = None, corpus_info: dict | None = None, **options):
+        recipe_options = dict(recipe_options or {})
+        train_options = {}
+        for key, value in options.items():
+            if key in _TRAIN_FIELDS and key not in ("recipe", "recipe_options"):
+                train_options[key] = value
+            elif key in _ALL_RECIPE_OPTIONS:
+                recipe_options[key] = value
+            else:
+                raise ValueError(f"unknown Trainer option {key!r}; training options: {', '.join(sorted(_TRAIN_FIELDS))}; "
+                                 f"recipe options: {', '.join(sorted(_ALL_RECIPE_OPTIONS))}")
+        if hasattr(train_options.get("config"), "name"):  # a ModelConfig object
+            self._model_config_obj = train_options.pop("config")
+            train_options["config"] = self._model_config_obj.name
+        else:
+            self._model_config_obj = None
+        self.cfg = TrainConfig(recipe=recipe, recipe_options=recipe_options, **train_options)
+        self.cfg.validate()
+        self.recipe: Recipe = build_recipe(recipe, recipe_options)
+        self.cfg.recipe_options = {k: v for k, v in recipe_options.items() if v is not None}
+        self.corpus = corpus
+        self.corpus_info = corpus_info or {}
+        self.out_dir = out_dir
+        self.device = _resolve_device(self.cfg.device)
+        if self.cfg.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("--precision bf16 asked for, but this GPU does not support bfloat16; use fp32")
+        self._check_corpus(corpus)
+
+        if model is None:  # the model's initialisation follows the seed too
+            torch.manual_seed(self.cfg.seed)
+        self.model = self._build_or_check_model(model)
+        self.model.to(self.device)
+        self.batch_size = self.cfg.batch_size or self.model.config.batch_size
+        defaults = self.recipe.train_defaults
+        self.optimizer_name = self.cfg.optimizer or defaults.get("optimizer", "sgd")
+        if self.cfg.lr is not None:
+            self.base_lr = float(self.cfg.lr)
+        elif self.optimizer_name == defaults.get("optimizer", "sgd"):
+            self.base_lr = defaults.get("lr", DEFAULT_LR[self.optimizer_name])
+        else:
+            self.base_lr = DEFAULT_LR[self.optimizer_name]
+        self.patience = self.cfg.patience or defaults.get("patience", 2)
+
+        # state (all of it goes into checkpoints)
+        self.phase_index = 0
+        self.epoch = 0  # epoch within the current phase (0-based)
+        self.position = 0  # next batch index within the epoch
+        self.step = 0  # optimiser steps within the current phase (drives the KL schedule)
+        self.global_step = 0
+        self.history: list = []
+        self.best_value = math.inf
+        self.best_epoch = None
+        self._best_state = None
+        self.plateau: PlateauDecay | None = None
+        self.optimizers: dict = {}
+        self._epoch_sums = None
+        self._bad_step = None
+        self._data_gen = torch.Generator()
+        self._aux_gen = torch.Generator().manual_seed(_derive_seed(self.cfg.seed, 1))
+        self._batches: list = []
+        self.test_metrics = None
+        self.stopped_reason = None
+
+    # ----------------------------------------------------------------- setup helpers
+    @staticmethod
+    def _check_corpus(corpus):
+        for split in ("train", "valid", "test"):
+            dataset = getattr(corpus, split, None)
+            if dataset is None or len(dataset) == 0:
+                raise ValueError(f"the corpus has no {split} sentences; training needs train, valid and test splits")
+
+    def _build_or_check_model(self, model):
+        from ..models import build_model, get_config
+
+        kind = self.recipe.model_kind
+        if model is None:
+            config = self._model_config_obj or get_config(self.cfg.config)
+            return build_model(kind, len(self.corpus.vocab), config)
+        is_vae = hasattr(model, "encode")
+        if (kind == "vae") != is_vae:
+            raise ValueError(f"recipe {self.recipe.name!r} trains a {'TextVAE' if kind == 'vae' else 'LSTMLM'}, "
+                             f"but the model given is a {type(model).__name__}")
+        if getattr(model, "vocab_size", len(self.corpus.vocab)) != len(self.corpus.vocab):
+            raise ValueError(f"the model's vocabulary size ({model.vocab_size}) differs from the corpus's "
+                             f"({len(self.corpus.vocab)})")
+        return model
+
+    @property
+    def is_vae(self) -> bool:
+        return self.recipe.model_kind == "vae"
+
+    def encoder_parameters(self):
+        return list(self.model.encoder_parameters()) if self.is_vae else []
+
+    def decoder_parameters(self):
+        return list(self.model.decoder_parameters()) if self.is_vae else list(self.model.parameters())
+
+    def _new_optimizers(self, lr: float):
+        self.optimizers = {"decoder": make_optimizer(self.optimizer_name, self.decoder_parameters(), lr,
+                                                     self.cfg.momentum)}
+        if self.is_vae:
+            self.optimizers["encoder"] = make_optimizer(self.optimizer_name, self.encoder_parameters(), lr,
+                                                        self.cfg.momentum)
+
+    def _set_lr(self, lr: float):
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    @property
+    def phase(self):
+        return self.recipe.phases[self.phase_index]
+
+    def _phase_epochs(self, phase) -> int:
+        return phase.epochs or self.cfg.epochs
+
+    def _autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _epoch_batches(self):
+        from ..data import make_batches
+
+        self._data_gen.manual_seed(_derive_seed(self.cfg.seed, 2, self.phase_index, self.epoch))
+        batches = make_batches(self.corpus.train, self.batch_size, mode=self.cfg.batch_mode, shuffle=True,
+                               generator=self._data_gen)
+        if not batches:
+            raise ValueError("the training split produced no batches")
+        return batches
+
+    # ----------------------------------------------------------------- the step (used by policies)
+    def compute_loss(self, batch, kl_weight: float):
+        """(loss to minimise, detached device stats) for one batch at KL weight `kl_weight`."""
+        tokens, lengths = batch.tokens, batch.lengths
+        n = tokens.shape[0]
+        words = (lengths - 1).sum()
+        with self._autocast():
+            if not self.is_vae:
+                nll = self.model.nll(tokens, lengths).float()
+                loss = nll.mean()
+                detached = nll.detach().sum()
+                return loss, {"loss_sum": detached, "rec_sum": detached, "kl_sum": torch.zeros_like(detached),
+                              "words": words, "sentences": n}
+            mu, logvar = self.model.encode(tokens, lengths)
+            z, kl_term, kl_dim = self.phase.objective.sample(mu.float(), logvar.float())
+            rec = self.model.reconstruction(tokens, lengths, z).float()
+        loss = rec.mean() + kl_weight * kl_term
+        return loss, {"loss_sum": loss.detach() * n, "rec_sum": rec.detach().sum(), "kl_sum": kl_dim.sum() * n,
+                      "words": words, "sentences": n}
+
+    def backward_and_step(self, loss, *, step_encoder: bool, step_decoder: bool, clip_params=None):
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = list(self.model.parameters()) if clip_params is None else list(clip_params)
+        params = [p for p in params if p.grad is not None]
+        if self.cfg.clip > 0 and params:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.clip)
+        if step_encoder and "encoder" in self.optimizers:
+            self.optimizers["encoder"].step()
+        if step_decoder:
+            self.optimizers["decoder"].step()
+
+    def random_train_batch(self):
+        index = int(torch.randint(len(self._batches), (1,), generator=self._aux_gen))
+        return self._batches[index].to(self.device)
+
+    # ----------------------------------------------------------------- evaluation
+    def _evaluate(self, dataset, *, final: bool):
+        from ..evaluation import evaluate
+
+        if self.is_vae:
+            metrics = None if final else ["rec", "kl", "elbo", "mi", "mi_batch", "au"]
+            if final and self.cfg.iw_samples == 0:
+                metrics = ["rec", "kl", "elbo", "mi", "mi_batch", "au"]
+        else:
+            metrics = ["nll", "ppl"]
+        gen = torch.Generator(device=self.device).manual_seed(
+            _derive_seed(self.cfg.seed, 3, self.phase_index, self.epoch, int(final)))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            result = evaluate(self.model, dataset, batch_size=self.cfg.eval_batch_size,
+                              iw_samples=max(self.cfg.iw_samples, 1), metrics=metrics, device=self.device,
+                              generator=gen, batch_mode=self.cfg.batch_mode)
+        finally:
+            self.model.train(was_training)
+        return {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in result.items()}
+
+    def _selection_value(self, metrics: dict) -> float:
+        by = self.phase.select_by
+        if by == "nll":
+            return float(metrics["nll"])
+        if by == "rec":
+            return float(metrics["rec"])
+        return float(metrics["rec"]) + float(metrics["kl"])  # the true ELBO loss, unmasked KL
+
+    # ----------------------------------------------------------------- checkpoints and logs
+    def _path(self, name: str) -> str | None:
+        return None if self.out_dir is None else os.path.join(self.out_dir, name)
+
+    def _best_name(self, phase_index=None) -> str:
+        phase_index = self.phase_index if phase_index is None else phase_index
+        if phase_index == len(self.recipe.phases) - 1:
+            return "best.pt"
+        return f"best_{self.recipe.phases[phase_index].name}.pt"
+
+    def _model_is_finite(self) -> bool:
+        flags = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()])
+        return bool(flags.all())
+
+    def checkpoint_dict(self, *, resumable: bool = True) -> dict:
+        ckpt = {
+            "format_version": FORMAT_VERSION, "fastvae_version": __version__, "kind": self.recipe.model_kind,
+            "model_config": dataclasses.asdict(self.model.config), "vocab": self.corpus.vocab.to_dict(),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "corpus": self.corpus_info, "recipe": self.recipe.name,
+        }
+        if resumable:
+            sums = None if self._epoch_sums is None else {k: float(v) for k, v in self._epoch_sums.items()}
+            ckpt.update({
+                "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
+                "trainer": {"phase_index": self.phase_index, "epoch": self.epoch, "position": self.position,
+                            "step": self.step, "global_step": self.global_step,
+                            "plateau": None if self.plateau is None else self.plateau.state_dict(),
+                            "best_value": self.best_value, "best_epoch": self.best_epoch,
+                            "policy": self.phase.policy.state_dict(), "epoch_sums": sums,
+                            "history": self.history, "stopped_reason": self.stopped_reason},
+                "rng": capture_rng_state(data=self._data_gen, aux=self._aux_gen),
+                "train_config": dataclasses.asdict(self.cfg),
+            })
+        return ckpt
+
+    def save_checkpoint(self, name: str) -> None:
+        path = self._path(name)
+        if path is None:
+            return
+        if not self._model_is_finite():
+            raise TrainingDiverged(f"the model has non-finite parameters at step {self.global_step}; "
+                                   f"{name} was not written (the last good checkpoint is kept)")
+        atomic_torch_save(self.checkpoint_dict(), path)
+
+    def _log_record(self, record: dict) -> None:
+        self.history.append(record)
+        path = self._path("metrics.jsonl")
+        if path is not None:
+            with open(path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def _write_config(self) -> None:
+        path = self._path("config.json")
+        if path is None:
+            return
+        info = {"fastvae_version": __version__, "train": dataclasses.asdict(self.cfg),
+                "recipe": self.recipe.describe(), "model_kind": self.recipe.model_kind,
+                "model_config": dataclasses.asdict(self.model.config), "vocab_size": len(self.corpus.vocab),
+                "corpus": self.corpus_info, "corpus_stats": getattr(self.corpus, "stats", {}),
+                "optimizer": self.optimizer_name, "lr": self.base_lr, "patience": self.patience,
+                "batch_size": self.batch_size, "device": str(self.device),
+                "torch_version": torch.__version__}
+        with open(path, "w") as handle:
+            json.dump(info, handle, indent=2, default=str)
+
+    def _plot(self) -> None:
+        path = self._path("training.png")
+        if path is None:
+            return
+        from .plots import plot_history
+
+        plot_history(self.history, path, title=f"{self.recipe.name} ({self.model.config.name})")
+
+    def _print(self, text: str) -> None:
+        if self.cfg.verbose:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=sys.stdout)
+
+    # ----------------------------------------------------------------- phases and epochs
+    def _start_phase(self, fresh: bool):
+        phase = self.phase
+        if fresh:
+            if phase.reset_decoder:
+                # Li et al.: the full model selected in the previous phase, decoder re-initialised,
+                # encoder kept (and trained on), new optimisers
+                if self._best_state is not None:
+                    self.model.load_state_dict(self._best_state)
+                self.model.reset_decoder_parameters()
+            self.plateau = PlateauDecay(self.base_lr, patience=self.patience, factor=self.cfg.decay_factor,
+                                        min_epoch=self.cfg.decay_min_epoch, max_decays=self.cfg.max_decays)
+            self.best_value, self.best_epoch, self._best_state = math.inf, None, None
+            self.epoch = self.position = self.step = 0
+            self._new_optimizers(self.plateau.lr)
+        self._batches = self._epoch_batches()
+        phase.schedule.bind(len(self._batches), self._phase_epochs(phase))
+        self._lr_factor = CosineRestartLR(phase.schedule) if phase.lr_restart == "cosine" else None
+        if self._lr_factor is not None and not hasattr(phase.schedule, "position"):
+            raise ValueError("a cosine learning-rate restart needs the cyclical KL schedule")
+
+    def _zero_sums(self):
+        zero = torch.zeros((), device=self.device)
+        return {"loss_sum": zero.clone(), "rec_sum": zero.clone(), "kl_sum": zero.clone(),
+                "words": torch.zeros((), device=self.device, dtype=torch.long), "sentences": 0}
+
+    def _read_bad_step(self):
+        bad = int(self._bad_step)
+        if bad >= 0:
+            raise TrainingDiverged(
+                f"non-finite training loss (NaN/inf) at step {bad} (phase {self.phase.name!r}, epoch "
+                f"{self.epoch + 1}); stopped. The last good checkpoint is kept"
+                + (f" in {self.out_dir}" if self.out_dir else "")
+                + "; try a lower learning rate, gradient clipping, or --precision fp32")
+
+    def _train_epoch(self):
+        phase = self.phase
+        model = self.model
+        model.train()
+        if self._epoch_sums is None or self.position == 0:
+            self._epoch_sums = self._zero_sums()
+        sums = self._epoch_sums
+        total = len(self._batches)
+        bar = None
+        if self.cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=self.position, leave=False, dynamic_ncols=True, file=sys.stderr,
+                       desc=f"{phase.name} epoch {self.epoch + 1}/{self._phase_epochs(phase)}")
+        start = time.perf_counter()
+        steps_done = 0
+        try:
+            while self.position < total:
+                batch = self._batches[self.position].to(self.device)
+                kl_weight = phase.schedule(self.step)
+                if self._lr_factor is not None:
+                    self._set_lr(self.plateau.lr * self._lr_factor(self.step))
+                stats = phase.policy.step(self, batch, kl_weight)
+                bad = ~torch.isfinite(stats["loss_sum"])
+                step_t = torch.full((), self.global_step, dtype=torch.long, device=self.device)
+                self._bad_step = torch.where(bad & (self._bad_step < 0), step_t, self._bad_step)
+                for key in ("loss_sum", "rec_sum", "kl_sum", "words"):
+                    sums[key] += stats[key]
+                sums["sentences"] += stats["sentences"]
+                self.position += 1
+                self.step += 1
+                self.global_step += 1
+                steps_done += 1
+                if bar is not None:
+                    bar.update(1)
+                if self.global_step % self.cfg.log_interval == 0:
+                    self._read_bad_step()
+                    if bar is not None:
+                        n = max(sums["sentences"], 1)
+                        bar.set_postfix(loss=f"{float(sums['loss_sum']) / n:.2f}",
+                                        kl=f"{float(sums['kl_sum']) / n:.2f}", w=f"{kl_weight:.3f}")
+                if self.cfg.checkpoint_every and self.global_step % self.cfg.checkpoint_every == 0 \
+                        and self.position < total:
+                    self._read_bad_step()
+                    self.save_checkpoint("last.pt")
+        finally:
+            if bar is not None:
+                bar.close()
+        self._read_bad_step()
+        elapsed = time.perf_counter() - start
+        n = max(sums["sentences"], 1)
+        words = int(sums["words"])
+        train = {"loss": float(sums["loss_sum"]) / n, "rec": float(sums["rec_sum"]) / n,
+                 "kl": float(sums["kl_sum"]) / n}
+        return train, elapsed, words, steps_done
+
+    def _end_epoch(self, train: dict, elapsed: float, words: int, steps_done: int) -> bool:
+        """Validation, selection, decay, logs and checkpoints; returns True when the phase must stop."""
+        phase = self.phase
+        valid = self._evaluate(self.corpus.valid, final=False)
+        message = phase.policy.end_of_epoch(self, valid)
+        value = self._selection_value(valid)
+        improved = value < self.best_value
+        if improved:
+            self.best_value, self.best_epoch = value, self.epoch + 1
+            self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        kl_weight = phase.schedule(max(self.step - 1, 0))
+        lr_now = self.optimizers["decoder"].param_groups[0]["lr"]
+        common = {"epoch": self.epoch + 1, "phase": phase.name, "step": self.global_step,
+                  "kl_weight": kl_weight, "lr": lr_now}
+        if phase.policy.name == "aggressive":
+            common["aggressive"] = phase.policy.active
+            common["aggressive_inner_steps"] = phase.policy.inner_steps
+        self._log_record({**common, "split": "train", **train, "elbo": train["rec"] + train["kl"],
+                          "seconds": elapsed, "tokens_per_s": words / elapsed if elapsed > 0 else None})
+        self._log_record({**common, "split": "valid", **valid, "selection": value, "best": improved})
+        if improved:
+            self.save_checkpoint(self._best_name())
+        decayed = self.plateau.update(value, self.epoch)
+        if decayed:
+            # the references: reload the best checkpoint, new optimisers at the decayed rate
+            if self._best_state is not None:
+                self.model.load_state_dict(self._best_state)
+            self._new_optimizers(self.plateau.lr)
+        self._print(self._epoch_line(train, valid, elapsed, words, steps_done, kl_weight, improved, decayed))
+        if message:
+            self._print("  " + message)
+        self.epoch += 1
+        self.position = 0
+        self._epoch_sums = None
+        stop = self.plateau.finished or self.epoch >= self._phase_epochs(phase)
+        if self.plateau.finished:
+            self.stopped_reason = f"stopped after {self.plateau.decays} learning-rate decays"
+        if not stop:
+            self._batches = self._epoch_batches()
+        self.save_checkpoint("last.pt")
+        self._plot()
+        return stop
+
+    def _epoch_line(self, train, valid, elapsed, words, steps_done, kl_weight, improved, decayed) -> str:
+        phase = self.phase
+        head = f"[{phase.name}] " if len(self.recipe.phases) > 1 else ""
+        parts = [f"{head}epoch {self.epoch + 1:3d}/{self._phase_epochs(phase)}"]
+        if self.is_vae:
+            parts.append(f"w {kl_weight:.3f}")
+            parts.append(f"train loss {train['loss']:7.3f} rec {train['rec']:7.3f} kl {train['kl']:6.3f}")
+            parts.append(f"valid rec {valid['rec']:7.3f} kl {valid['kl']:6.3f} elbo {valid['rec'] + valid['kl']:7.3f}"
+                         f" mi {valid['mi']:5.3f} au {int(valid['au']):2d}")
+        else:
+            parts.append(f"train nll {train['rec']:7.3f}")
+            parts.append(f"valid nll {valid['nll']:7.3f} ppl {valid['ppl']:8.2f}")
+        speed = f"{words / elapsed:,.0f} tok/s" if elapsed > 0 else ""
+        parts.append(f"{elapsed:5.1f}s {speed}")
+        policy = phase.policy
+        if policy.name == "aggressive" and steps_done:
+            parts.append("aggressive on" if policy.active else "aggressive off")
+        line = " | ".join(parts)
+        if improved:
+            line += " *"
+        if decayed:
+            line += f"  (lr -> {self.plateau.lr:g}, best reloaded)"
+        return line
+
+    # ----------------------------------------------------------------- public
+    def fit(self, resume: str | None = None) -> dict:
+        """Runs every phase, then evaluates the best checkpoint on the test split; returns its metrics.
+
+        `resume`: a `last.pt` (or run directory) written by this trainer; training continues exactly
+        where it stopped (same phase, epoch, batch position, optimiser, RNG and recipe state).
+        """
+        if self.out_dir is not None:
+            os.makedirs(self.out_dir, exist_ok=True)
+        fresh = True
+        if resume is not None:
+            self._restore(resume)
+            fresh = False
+        elif self.out_dir is not None and os.path.exists(self._path("metrics.jsonl")):
+            os.unlink(self._path("metrics.jsonl"))
+        self._write_config()
+        if fresh:
+            torch.manual_seed(_derive_seed(self.cfg.seed, 4))
+        self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._print(f"fastvae train: recipe {self.recipe.name}, model {self.model.config.name} "
+                    f"({sum(p.numel() for p in self.model.parameters()):,} parameters), "
+                    f"{len(self.corpus.train):,} training sentences, batch {self.batch_size} ({self.cfg.batch_mode}), "
+                    f"{self.optimizer_name} lr {self.base_lr:g}, device {self.device}"
+                    + (f", out {self.out_dir}" if self.out_dir else ""))
+        while self.phase_index < len(self.recipe.phases):
+            self._start_phase(fresh)
+            fresh = True
+            if self.position == 0 and self.epoch == 0 and len(self.recipe.phases) > 1:
+                self._print(f"phase {self.phase_index + 1}/{len(self.recipe.phases)}: {self.phase.name}")
+            stop = self.epoch >= self._phase_epochs(self.phase)
+            while not stop:
+                train, elapsed, words, steps_done = self._train_epoch()
+                stop = self._end_epoch(train, elapsed, words, steps_done)
+            if self._best_state is not None:
+                self.model.load_state_dict(self._best_state)
+            if self.phase_index + 1 < len(self.recipe.phases):
+                self.phase_index += 1
+                self.epoch = self.position = self.step = 0
+            else:
+                break
+        return self._final_test()
+
+    def _final_test(self) -> dict:
+        test = self._evaluate(self.corpus.test, final=True)
+        self.test_metrics = test
+        self._log_record({"epoch": self.best_epoch, "phase": self.phase.name, "step": self.global_step,
+                          "split": "test", **test, "checkpoint": self._best_name()})
+        self._plot()
+        self._print(format_metrics_table(test, title=f"test metrics (best checkpoint, epoch {self.best_epoch})"))
+        return test
+
+    def _restore(self, resume: str) -> None:
+        path = os.path.join(resume, "last.pt") if os.path.isdir(resume) else resume
+        ckpt = read_checkpoint(path)
+        if "trainer" not in ckpt:
+            raise ValueError(f"{path!r} holds a model only (no training state); resume needs a last.pt")
+        if ckpt["vocab"] != self.corpus.vocab.to_dict():
+            raise ValueError(f"the vocabulary of {path!r} differs from the corpus's: resume with the same data")
+        if ckpt["kind"] != self.recipe.model_kind or ckpt["recipe"] != self.recipe.name:
+            raise ValueError(f"{path!r} was written by recipe {ckpt['recipe']!r} ({ckpt['kind']}); "
+                             f"this trainer runs {self.recipe.name!r}")
+        state = ckpt["trainer"]
+        self.model.load_state_dict(ckpt["model"])
+        self.phase_index, self.epoch = state["phase_index"], state["epoch"]
+        self.position, self.step, self.global_step = state["position"], state["step"], state["global_step"]
+        self.plateau = PlateauDecay(self.base_lr, patience=self.patience, factor=self.cfg.decay_factor,
+                                    min_epoch=self.cfg.decay_min_epoch, max_decays=self.cfg.max_decays)
+        self.plateau.load_state_dict(state["plateau"])
+        self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
+        self.phase.policy.load_state_dict(state["policy"])
+        self.history = list(state["history"])
+        self.stopped_reason = state.get("stopped_reason")
+        self._new_optimizers(self.plateau.lr)
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(ckpt["optimizers"][name])
+        best_path = self._path(self._best_name())
+        if self.best_epoch is not None and best_path and os.path.exists(best_path):
+            self._best_state = read_checkpoint(best_path)["model"]
+        if state["epoch_sums"] is not None and self.position > 0:
+            sums = self._zero_sums()
+            for key, value in state["epoch_sums"].items():
+                sums[key] = value if key == "sentences" else torch.tensor(value, dtype=sums[key].dtype,
+                                                                              device=self.device)
+            self._epoch_sums = sums
+        # metrics.jsonl: exactly the records of the restored history
+        if self.out_dir is not None:
+            with open(self._path("metrics.jsonl"), "w") as handle:
+                for record in self.history:
+                    handle.write(json.dumps(record) + "\n")
+        restore_rng_state(ckpt["rng"], aux=self._aux_gen)
+
+
+def format_metrics_table(metrics: dict, title: str = "metrics") -> str:
+    order = ["rec", "kl", "elbo", "nll", "ppl", "mi", "mi_batch", "au", "probe_acc", "num_sentences", "num_tokens"]
+    keys = [k for k in order if k in metrics] + [k for k in metrics if k not in order and k != "au_var"]
+    width = max(len(k) for k in keys) if keys else 4
+    lines = [title, "-" * max(len(title), width + 14)]
+    for key in keys:
+        value = metrics[key]
+        text = f"{value:12.4f}" if isinstance(value, float) else f"{value!s:>12}"
+        lines.append(f"{key:<{width}}  {text}")
+    return "\n".join(lines)
