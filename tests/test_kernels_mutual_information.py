@@ -75,19 +75,29 @@ def test_close_z_tiny_variance():
 
 
 def test_reference_streams_in_tiles(monkeypatch):
-    """The torch reference never builds more than one [rows, cols, D] tile of the tile budget."""
-    seen = []
-    original = M._tile_log_density
+    """Neither torch path (differentiable, or in-place without autograd) builds more than one
+    tile of the budget: no N x N (x D) tensor."""
+    seen_3d, seen_2d = [], []
+    tile_3d, tile_2d = M._tile_log_density, M._new_tile
 
-    def recording(z, mu, logvar):
-        seen.append(z.shape[0] * mu.shape[0] * mu.shape[1])
-        return original(z, mu, logvar)
+    def recording_3d(z, mu, logvar):
+        seen_3d.append(z.shape[0] * mu.shape[0] * mu.shape[1])
+        return tile_3d(z, mu, logvar)
 
-    monkeypatch.setattr(M, "_tile_log_density", recording)
+    def recording_2d(rows, cols, like):
+        seen_2d.append(rows * cols)
+        return tile_2d(rows, cols, like)
+
+    monkeypatch.setattr(M, "_tile_log_density", recording_3d)
+    monkeypatch.setattr(M, "_new_tile", recording_2d)
     z, mu, logvar = posterior(300, 4)
     budget = 4096
-    M.mutual_information_reference(z, mu, logvar, 300, tile_elements=budget)
-    assert len(seen) > 1 and max(seen) <= budget
+    with_grad = M.mutual_information_reference(z, mu.requires_grad_(), logvar, 300, tile_elements=budget)
+    assert len(seen_3d) > 1 and max(seen_3d) <= budget and not seen_2d
+    with torch.no_grad():
+        without_grad = M.mutual_information_reference(z, mu, logvar, 300, tile_elements=budget)
+    assert len(seen_2d) > 1 and max(seen_2d) <= budget // 8
+    torch.testing.assert_close(with_grad.detach(), without_grad)
 
 
 def test_reference_gradcheck_float64():

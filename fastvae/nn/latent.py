@@ -156,7 +156,7 @@ class ELBOLoss(nn.Module):
         if rec.dim() != 1 or rec.shape[0] != mu.shape[0]:
             raise ValueError(f"ELBOLoss: rec must be [batch] with batch {mu.shape[0]}, got {tuple(rec.shape)}")
         kl_term = F.free_bits_kl(mu, logvar, self.target, self.free_bits_mode)
-        kl = F.kl_per_dim(mu.detach(), logvar.detach()).float().sum(dim=1).mean()
+        kl = F.free_bits_kl(mu.detach(), logvar.detach(), 0.0, "none")  # unmasked, compute dtype
         rec_mean = rec.mean()
         return ELBOOutput(loss=rec_mean + self.kl_weight * kl_term, rec=rec_mean, kl=kl, kl_term=kl_term,
                           elbo=(rec_mean.detach() + kl))
