@@ -110,3 +110,19 @@ def test_gradcheck_float64(mode):
 
     assert torch.autograd.gradcheck(fused, (mu, logvar))
     assert torch.autograd.gradcheck(reference, (mu, logvar))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=20, deadline=None)
+@given(batch=st.integers(1, 70), samples=st.integers(1, 3), dims=st.integers(1, 70),
+       mode=st.sampled_from(KL.MODES), seed=st.integers(0, 2**31 - 1))
+def test_random_shapes(batch, samples, dims, mode, seed):
+    torch.manual_seed(seed)
+    mu, logvar, eps, target = inputs(batch, samples, dims)
+    upstream = torch.randn(batch, samples, dims, dtype=torch.float64)
+    fast = run(S.SampleAndKLFunction.apply, mu, logvar, eps, target, mode, upstream)
+    ref = run(S.sample_and_kl_reference, mu.double(), logvar.double(), eps.double(), target, mode, upstream)
+    check(fast, ref, torch.float32)
