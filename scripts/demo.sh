@@ -4,4 +4,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 python -m fastvae.info
-python -m fastvae smoke "$@"
+python -m fastvae train "$@"

@@ -454,6 +454,7 @@ class Trainer:
             self._epoch_sums = self._zero_sums()
         sums = self._epoch_sums
         total = len(self._batches)
+        self._inner_steps_at_epoch_start = getattr(phase.policy, "inner_steps", 0)
         bar = None
         if self.cfg.progress:
             from tqdm import tqdm
@@ -505,6 +506,8 @@ class Trainer:
     def _end_epoch(self, train: dict, elapsed: float, words: int, steps_done: int) -> bool:
         """Validation, selection, decay, logs and checkpoints; returns True when the phase must stop."""
         phase = self.phase
+        aggressive = phase.policy.name == "aggressive"
+        was_active = aggressive and phase.policy.active  # the state this epoch trained with
         valid = self._evaluate(self.corpus.valid, final=False)
         message = phase.policy.end_of_epoch(self, valid)
         value = self._selection_value(valid)
@@ -516,9 +519,9 @@ class Trainer:
         lr_now = self.optimizers["decoder"].param_groups[0]["lr"]
         common = {"epoch": self.epoch + 1, "phase": phase.name, "step": self.global_step,
                   "kl_weight": kl_weight, "lr": lr_now}
-        if phase.policy.name == "aggressive":
-            common["aggressive"] = phase.policy.active
-            common["aggressive_inner_steps"] = phase.policy.inner_steps
+        if aggressive:
+            common["aggressive"] = was_active
+            common["aggressive_inner_steps"] = phase.policy.inner_steps - self._inner_steps_at_epoch_start
         self._log_record({**common, "split": "train", **train, "elbo": train["rec"] + train["kl"],
                           "seconds": elapsed, "tokens_per_s": words / elapsed if elapsed > 0 else None})
         self._log_record({**common, "split": "valid", **valid, "selection": value, "best": improved})
@@ -561,7 +564,8 @@ class Trainer:
         parts.append(f"{elapsed:5.1f}s {speed}")
         policy = phase.policy
         if policy.name == "aggressive" and steps_done:
-            parts.append("aggressive on" if policy.active else "aggressive off")
+            inner = policy.inner_steps - self._inner_steps_at_epoch_start
+            parts.append(f"aggressive: {inner / steps_done:.1f} encoder sub-steps/step" if inner else "aggressive off")
         line = " | ".join(parts)
         if improved:
             line += " *"
