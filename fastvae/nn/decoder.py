@@ -1,0 +1,175 @@
+"""The LSTM decoder of a text VAE (recipes.md), on fastvae's fused recurrence.
+
+z is used twice, as in the reference model: the initial cell state c0 = Linear(nz, H, bias=False)(z),
+h0 = tanh(c0), and z concatenated to the word embedding at every step (LSTM input = emb + nz). The LSTM
+parameters carry torch.nn.LSTM's names, shapes and gate order (weight_ih_l0 [4H, emb+nz], weight_hh_l0
+[4H, H], bias_ih_l0, bias_hh_l0), so weights move between the two unchanged.
+
+The concatenation is never materialised: weight_ih_l0 splits into a word part, applied to all
+positions in one GEMM (shared by the K samples of a sentence in the IW shape [B, K, nz]), and a latent
+part, applied once per sequence; the recurrence adds both at every step (fastvae.ops.lstm_sequence).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.lstm_sequence import lstm_sequence
+
+# token_log_likelihood evaluates at most this many logits at once (K is chunked to fit).
+DEFAULT_MAX_LOGITS = 2**25
+
+
+class LSTMDecoder(nn.Module):
+    """LSTMDecoder(vocab_size, emb_dim, hidden_dim, latent_dim, dropout_in=0.5, dropout_out=0.5)."""
+
+    def __init__(self, vocab_size: int, emb_dim: int, hidden_dim: int, latent_dim: int,
+                 dropout_in: float = 0.5, dropout_out: float = 0.5):
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("emb_dim", emb_dim), ("hidden_dim", hidden_dim),
+                            ("latent_dim", latent_dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"LSTMDecoder: {name} must be a positive int, got {value!r}")
+        for name, value in (("dropout_in", dropout_in), ("dropout_out", dropout_out)):
+            if not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"LSTMDecoder: {name} must be in [0, 1), got {value!r}")
+        self.vocab_size = vocab_size
+        self.emb_dim = emb_dim
+        self.hidden_dim = hidden_dim
+        self.latent_dim = latent_dim
+        self.embed = nn.Embedding(vocab_size, emb_dim)
+        self.dropout_in = nn.Dropout(dropout_in)
+        self.dropout_out = nn.Dropout(dropout_out)
+        gates = 4 * hidden_dim
+        self.weight_ih_l0 = nn.Parameter(torch.empty(gates, emb_dim + latent_dim))
+        self.weight_hh_l0 = nn.Parameter(torch.empty(gates, hidden_dim))
+        self.bias_ih_l0 = nn.Parameter(torch.empty(gates))
+        self.bias_hh_l0 = nn.Parameter(torch.empty(gates))
+        self.latent_to_cell = nn.Linear(latent_dim, hidden_dim, bias=False)
+        self.output = nn.Linear(hidden_dim, vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Reference init: every parameter U(-0.01, 0.01), the embedding U(-0.1, 0.1)."""
+        for parameter in self.parameters():
+            nn.init.uniform_(parameter, -0.01, 0.01)
+        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+
+    def extra_repr(self) -> str:
+        return (f"vocab_size={self.vocab_size}, emb_dim={self.emb_dim}, hidden_dim={self.hidden_dim}, "
+                f"latent_dim={self.latent_dim}")
+
+    # ------------------------------------------------------------------ checks
+    def _check_inputs(self, inputs, z, lengths):
+        if not isinstance(inputs, torch.Tensor) or inputs.dim() != 2 or inputs.dtype != torch.long:
+            raise ValueError("LSTMDecoder: inputs must be a LongTensor [batch, time] of token ids, got "
+                             + (f"{inputs.dtype} of shape {tuple(inputs.shape)}" if isinstance(inputs, torch.Tensor)
+                                else type(inputs).__name__))
+        B, T = inputs.shape
+        if T == 0:
+            raise ValueError("LSTMDecoder: inputs have 0 time steps; they must start with <s>")
+        if inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= self.vocab_size):
+            raise ValueError(f"LSTMDecoder: token ids must be in [0, {self.vocab_size}), got values in "
+                             f"[{int(inputs.min())}, {int(inputs.max())}]")
+        if not isinstance(z, torch.Tensor) or z.dim() not in (2, 3) or z.shape[0] != B \
+                or z.shape[-1] != self.latent_dim:
+            raise ValueError(f"LSTMDecoder: z must be [batch={B}, latent_dim={self.latent_dim}] or "
+                             f"[batch={B}, samples, latent_dim={self.latent_dim}], got "
+                             f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
+        if not z.is_floating_point():
+            raise TypeError(f"LSTMDecoder: z must be floating point, got {z.dtype}")
+        if z.device != self.weight_hh_l0.device or inputs.device != self.weight_hh_l0.device:
+            raise ValueError(f"LSTMDecoder: inputs ({inputs.device}) and z ({z.device}) must be on the decoder's "
+                             f"device ({self.weight_hh_l0.device})")
+        if lengths is not None:
+            if not isinstance(lengths, torch.Tensor) or lengths.dim() != 1 or lengths.shape[0] != B \
+                    or lengths.dtype != torch.long:
+                raise ValueError(f"LSTMDecoder: lengths must be a LongTensor [batch={B}], got "
+                                 + (f"{lengths.dtype} of shape {tuple(lengths.shape)}"
+                                    if isinstance(lengths, torch.Tensor) else type(lengths).__name__))
+            # T + 1 accepts Batch.lengths (tokens incl. </s>) for decoder inputs tokens[:, :-1].
+            if B and (int(lengths.min()) < 1 or int(lengths.max()) > T + 1):
+                raise ValueError(f"LSTMDecoder: lengths must be in [1, {T + 1}] for inputs of {T} steps, got "
+                                 f"values in [{int(lengths.min())}, {int(lengths.max())}]")
+
+    # ------------------------------------------------------------------ the recurrence
+    def _input_gates(self, inputs):
+        """Word part of the input projection for every position, biases folded in: [B, T, 4H]."""
+        embedded = self.dropout_in(self.embed(inputs))
+        word_weight = self.weight_ih_l0[:, : self.emb_dim]
+        return F.linear(embedded, word_weight, self.bias_ih_l0 + self.bias_hh_l0)
+
+    def _hidden_states(self, input_gates, z3):
+        """z3 [B, K, nz] -> LSTM outputs [B, K, T, H]."""
+        z3 = z3.to(input_gates.dtype)
+        sample_gates = F.linear(z3, self.weight_ih_l0[:, self.emb_dim:])
+        c0 = self.latent_to_cell(z3)
+        h_all, _ = lstm_sequence(input_gates, sample_gates, torch.tanh(c0), c0, self.weight_hh_l0)
+        return h_all
+
+    def forward(self, inputs: torch.Tensor, z: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """inputs [B, T] (starting with <s>), z [B, nz] or [B, K, nz] -> logits [B, T, V] or [B, K, T, V].
+
+        logits[..., t, :] predict the token after inputs[:, t]. Positions t >= lengths[b] are padding: their
+        logits are finite but meaningless (the recurrence runs forward in time, so padding after a
+        sentence never changes its own positions); losses must mask them."""
+        self._check_inputs(inputs, z, lengths)
+        squeeze = z.dim() == 2
+        z3 = z.unsqueeze(1) if squeeze else z
+        h_all = self._hidden_states(self._input_gates(inputs), z3)
+        logits = self.output(self.dropout_out(h_all))
+        return logits.squeeze(1) if squeeze else logits
+
+    def token_log_likelihood(self, inputs: torch.Tensor, targets: torch.Tensor, z: torch.Tensor,
+                             lengths: torch.Tensor | None = None, pad_id: int | None = 0,
+                             max_logits: int = DEFAULT_MAX_LOGITS) -> torch.Tensor:
+        """log p(targets | z) summed over the real target tokens: [B] for z [B, nz], [B, K] for z [B, K, nz].
+
+        A target counts when it is not `pad_id` (None: no pad masking) and, with lengths, when t < lengths[b].
+        The word projection runs once and is shared by all samples; K is processed in chunks so that at most
+        about `max_logits` logits exist at a time (IW evaluation with K=500 never builds [B, K, T, V])."""
+        self._check_inputs(inputs, z, lengths)
+        if not isinstance(targets, torch.Tensor) or targets.shape != inputs.shape or targets.dtype != torch.long:
+            raise ValueError(f"LSTMDecoder: targets must be a LongTensor shaped like inputs {tuple(inputs.shape)}, got "
+                             + (f"{targets.dtype} of shape {tuple(targets.shape)}"
+                                if isinstance(targets, torch.Tensor) else type(targets).__name__))
+        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= self.vocab_size):
+            raise ValueError(f"LSTMDecoder: target ids must be in [0, {self.vocab_size}), got values in "
+                             f"[{int(targets.min())}, {int(targets.max())}]")
+        if max_logits < 1:
+            raise ValueError(f"LSTMDecoder: max_logits must be positive, got {max_logits}")
+        B, T = inputs.shape
+        squeeze = z.dim() == 2
+        z3 = z.unsqueeze(1) if squeeze else z
+        K = z3.shape[1]
+        mask = torch.ones_like(targets, dtype=torch.bool)
+        if pad_id is not None:
+            mask &= targets != pad_id
+        if lengths is not None:
+            mask &= torch.arange(T, device=inputs.device) < lengths.unsqueeze(1)
+        input_gates = self._input_gates(inputs)
+        per_sample = max(1, B * T * self.vocab_size)
+        chunk = max(1, min(K, max_logits // per_sample))
+        pieces = []
+        for start in range(0, K, chunk):
+            zc = z3[:, start:start + chunk]
+            kc = zc.shape[1]
+            logits = self.output(self.dropout_out(self._hidden_states(input_gates, zc)))  # [B, kc, T, V]
+            nll = F.cross_entropy(logits.reshape(-1, self.vocab_size).float(),
+                                  targets.unsqueeze(1).expand(B, kc, T).reshape(-1), reduction="none")
+            pieces.append(-(nll.view(B, kc, T) * mask.unsqueeze(1)).sum(-1))
+        out = torch.cat(pieces, dim=1)
+        return out.squeeze(1) if squeeze else out
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, bos_id: int, eos_id: int, max_len: int, strategy: str = "greedy",
+                 temperature: float = 1.0, top_k: int = 0, beam_size: int = 5,
+                 generator: torch.Generator | None = None) -> list[list[int]]:
+        """Decodes z [B, nz] step by step: B lists of token ids (without <s>, stopping before </s>, at most
+        max_len tokens). strategy: "greedy", "sample" (temperature, top_k; 0 = whole vocabulary) or "beam"."""
+        from .generation import generate
+
+        return generate(self, z, bos_id, eos_id, max_len, strategy=strategy, temperature=temperature, top_k=top_k,
+                        beam_size=beam_size, generator=generator)
