@@ -22,9 +22,9 @@ def gaussian_log_prob_reference(z: torch.Tensor, mu: torch.Tensor | None, logvar
     if mu is None:
         return -0.5 * (dims * LOG_2PI + (z_c * z_c).sum(dim=-1))
     mu_c, logvar_c = upcast(mu, logvar)
-    diff = z_c - mu_c.unsqueeze(1)
-    inv_var = torch.exp(-logvar_c).unsqueeze(1)
-    return -0.5 * (dims * LOG_2PI + (logvar_c.unsqueeze(1) + diff * diff * inv_var).sum(dim=-1))
+    # direct form, scaled first: ((z - mu) / std)^2 needs two [B, K, D] temporaries, not four
+    scaled = (z_c - mu_c.unsqueeze(1)) * torch.exp(-0.5 * logvar_c).unsqueeze(1)
+    return -0.5 * (dims * LOG_2PI + logvar_c.sum(dim=-1, keepdim=True) + (scaled * scaled).sum(dim=-1))
 
 
 @jit
