@@ -193,6 +193,7 @@ class Trainer:
         self._data_gen = torch.Generator()
         self._aux_gen = torch.Generator().manual_seed(_derive_seed(self.cfg.seed, 1))
         self._batches: list = []
+        self._inner_steps_at_epoch_start = 0
         self.test_metrics = None
         self.stopped_reason = None
 
@@ -361,7 +362,8 @@ class Trainer:
                             "plateau": None if self.plateau is None else self.plateau.state_dict(),
                             "best_value": self.best_value, "best_epoch": self.best_epoch,
                             "policy": self.phase.policy.state_dict(), "epoch_sums": sums,
-                            "history": self.history, "stopped_reason": self.stopped_reason},
+                            "history": self.history, "stopped_reason": self.stopped_reason,
+                            "inner_steps_at_epoch_start": self._inner_steps_at_epoch_start},
                 "rng": capture_rng_state(data=self._data_gen, aux=self._aux_gen),
                 "train_config": dataclasses.asdict(self.cfg),
             })
@@ -454,7 +456,8 @@ class Trainer:
             self._epoch_sums = self._zero_sums()
         sums = self._epoch_sums
         total = len(self._batches)
-        self._inner_steps_at_epoch_start = getattr(phase.policy, "inner_steps", 0)
+        if self.position == 0:
+            self._inner_steps_at_epoch_start = getattr(phase.policy, "inner_steps", 0)
         bar = None
         if self.cfg.progress:
             from tqdm import tqdm
@@ -645,6 +648,7 @@ class Trainer:
         self.phase.policy.load_state_dict(state["policy"])
         self.history = list(state["history"])
         self.stopped_reason = state.get("stopped_reason")
+        self._inner_steps_at_epoch_start = state.get("inner_steps_at_epoch_start", 0)
         self._new_optimizers(self.plateau.lr)
         for name, opt in self.optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][name])
