@@ -1,4 +1,4 @@
-"""KL(N(mu, exp(logvar)) || N(0, I)) with the free-bits variants of recipes.md: Triton kernels,
+"""KL(N(mu, exp(logvar)) || N(0, I)) with the free-bits variants of the recipes: Triton kernels,
 launchers, autograd.Function and the plain-torch reference.
 
 KL_ij = 0.5 * (mu_ij^2 + exp(logvar_ij) - logvar_ij - 1), for row i of B and dimension j of D.

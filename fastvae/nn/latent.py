@@ -2,7 +2,7 @@
 
 Both are thin layers over `fastvae.functional` (fused kernels on CUDA, torch elsewhere). The
 free-bits modes and their value/gradient semantics are those of `fastvae.functional.free_bits_kl`
-(docs/recipes.md); the KL reported for logging and model selection is always the unmasked KL.
+(written out there); the KL reported for logging and model selection is always the unmasked KL.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class LatentOutput:
 class GaussianLatent(nn.Module):
     """Linear(in_features, 2 * latent_dim) -> (mu, logvar) -> reparameterised z, plus the KL term.
 
-    bias=False matches the reference encoders (recipes.md). `free_bits_mode` and `target` select
+    bias=False matches the reference encoders. `free_bits_mode` and `target` select
     the free-bits variant (see fastvae.functional.free_bits_kl); `kl_weight` (settable at any
     time, e.g. by an annealing schedule) scales the KL term."""
 
