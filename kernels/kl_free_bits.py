@@ -18,6 +18,8 @@ a silently masked 0. The kernels also return the unmasked per-dimension batch me
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ._common import acc_dtype, block_size, jit, tl, triton, upcast
@@ -72,7 +74,7 @@ def _kl_terms(mu, lv):
 
 
 @jit
-def _kl_grad_scale(kl, rows, cols, row_mask, col_mask, grad_scale, target, D,
+def _kl_grad_scale(kl, rows, cols, row_mask, col_mask, grad_scale, target, target_dim,
                    row_kl_ptr, col_mean_ptr, batch_mean_ptr, MODE: tl.constexpr):
     """d loss / d KL_ij for a tile (grad_scale = upstream gradient / B), per free-bits mode."""
     if MODE == 0:  # none
@@ -82,14 +84,14 @@ def _kl_grad_scale(kl, rows, cols, row_mask, col_mask, grad_scale, target, D,
         keep = (row_kl <= target) == 0
         scale = tl.where(keep, grad_scale, 0.0)[:, None] + 0.0 * kl
     elif MODE == 2:  # dim: mask of each element
-        scale = tl.where((kl <= target / D) == 0, grad_scale, 0.0)
+        scale = tl.where((kl <= target_dim) == 0, grad_scale, 0.0)
     elif MODE == 3:  # batch: one mask for all
         batch_mean = tl.load(batch_mean_ptr)
         keep = (batch_mean <= target) == 0
         scale = tl.where(keep, grad_scale, 0.0) + 0.0 * kl
     else:  # kingma: mask of the dimension's batch mean
         col_mean = tl.load(col_mean_ptr + cols, mask=col_mask, other=0.0)
-        keep = (col_mean <= target / D) == 0
+        keep = (col_mean <= target_dim) == 0
         scale = tl.where(keep, grad_scale, 0.0)[None, :] + 0.0 * kl
     return scale
 
@@ -102,13 +104,15 @@ def _kl_free_bits_fwd_kernel(
     row_kl_ptr,  # [B] out: sum_j KL_ij (unmasked), compute dtype
     row_loss_ptr,  # [B] out: sum_j m_ij KL_ij (dim mode only), compute dtype
     col_part_ptr,  # [cdiv(B, BLOCK_B), D] out: per-block column sums of KL_ij, compute dtype
-    B, D, target,
+    thresholds_ptr,  # [2] (target, target / D) in the compute dtype
+    B, D,
     stride_mb, stride_md, stride_lb, stride_ld,
     MODE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, ACC_DTYPE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     row_mask = rows < B
+    target_dim = tl.load(thresholds_ptr + 1)
     row_kl = tl.zeros([BLOCK_B], dtype=ACC_DTYPE)
     row_loss = tl.zeros([BLOCK_B], dtype=ACC_DTYPE)
     for d0 in range(0, D, BLOCK_D):
@@ -120,7 +124,7 @@ def _kl_free_bits_fwd_kernel(
         kl, _ = _kl_terms(mu.to(ACC_DTYPE), lv.to(ACC_DTYPE))  # 0 where masked (mu = lv = 0)
         row_kl += tl.sum(kl, axis=1)
         if MODE == 2:
-            row_loss += tl.sum(tl.where((kl <= target / D) == 0, kl, 0.0), axis=1)
+            row_loss += tl.sum(tl.where((kl <= target_dim) == 0, kl, 0.0), axis=1)
         tl.store(col_part_ptr + pid * D + cols, tl.sum(kl, axis=0), mask=col_mask)
     tl.store(row_kl_ptr + rows, row_kl, mask=row_mask)
     if MODE == 2:
@@ -137,7 +141,8 @@ def _kl_free_bits_bwd_kernel(
     batch_mean_ptr,  # [] forward batch mean of KL_i (batch mode)
     dmu_ptr,  # [B, D] out, contiguous, mu's dtype
     dlogvar_ptr,  # [B, D] out, contiguous, logvar's dtype
-    B, D, target,
+    thresholds_ptr,  # [2] (target, target / D) in the compute dtype
+    B, D,
     stride_mb, stride_md, stride_lb, stride_ld,
     MODE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, ACC_DTYPE: tl.constexpr,
 ):
@@ -154,7 +159,8 @@ def _kl_free_bits_bwd_kernel(
     lv = lv.to(ACC_DTYPE)
     kl, dkl_dlv = _kl_terms(mu, lv)
     grad_scale = tl.load(grad_ptr).to(ACC_DTYPE) / B
-    scale = _kl_grad_scale(kl, rows, cols, row_mask, col_mask, grad_scale, target, D,
+    scale = _kl_grad_scale(kl, rows, cols, row_mask, col_mask, grad_scale, tl.load(thresholds_ptr),
+                           tl.load(thresholds_ptr + 1),
                            row_kl_ptr, col_mean_ptr, batch_mean_ptr, MODE)
     out = rows[:, None] * D + cols[None, :]
     tl.store(dmu_ptr + out, scale * mu, mask=mask)
@@ -162,6 +168,14 @@ def _kl_free_bits_bwd_kernel(
 
 
 # ---------------------------------------------------------------- launchers
+@functools.lru_cache(maxsize=64)
+def thresholds(target: float, dims: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(target, target / D) as a tensor in the compute dtype, so the kernels compare against exactly
+    the values the reference uses (a Python float kernel argument would be fp32). Cached: no
+    host-to-device copy per call."""
+    return torch.tensor([target, target / dims], dtype=dtype).to(device)
+
+
 def combine_free_bits(row_kl, row_loss, col_sum, batch: int, dims: int, target: float, mode: str):
     """The scalar loss from the kernel's partial sums; returns (loss, col_mean, batch_mean)."""
     col_mean = col_sum / batch
@@ -190,7 +204,7 @@ def kl_free_bits_fwd(mu: torch.Tensor, logvar: torch.Tensor, target: float, mode
     row_loss = torch.empty(B if mode == "dim" else 1, dtype=dtype, device=mu.device)
     col_part = torch.empty((blocks, D), dtype=dtype, device=mu.device)
     _kl_free_bits_fwd_kernel[(blocks,)](
-        mu, logvar, row_kl, row_loss, col_part, B, D, float(target),
+        mu, logvar, row_kl, row_loss, col_part, thresholds(target, D, dtype, mu.device), B, D,
         mu.stride(0), mu.stride(1), logvar.stride(0), logvar.stride(1),
         MODE=MODE_IDS[mode], BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D, ACC_DTYPE=acc_dtype(dtype))
     loss, col_mean, batch_mean = combine_free_bits(row_kl, row_loss, col_part.sum(dim=0), B, D, target, mode)
@@ -206,7 +220,8 @@ def kl_free_bits_bwd(grad, mu, logvar, row_kl, col_mean, batch_mean, target: flo
     BLOCK_B = max(1, 2048 // BLOCK_D)
     grid = (triton.cdiv(B, BLOCK_B), triton.cdiv(D, BLOCK_D))
     _kl_free_bits_bwd_kernel[grid](
-        mu, logvar, grad.reshape(()).contiguous(), row_kl, col_mean, batch_mean, dmu, dlogvar, B, D, float(target),
+        mu, logvar, grad.reshape(()).contiguous(), row_kl, col_mean, batch_mean, dmu, dlogvar,
+        thresholds(target, D, row_kl.dtype, mu.device), B, D,
         mu.stride(0), mu.stride(1), logvar.stride(0), logvar.stride(1),
         MODE=MODE_IDS[mode], BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D, ACC_DTYPE=acc_dtype(row_kl.dtype))
     return dmu, dlogvar

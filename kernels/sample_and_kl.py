@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from ._common import acc_dtype, block_size, jit, tl, triton
-from .kl_free_bits import MODE_IDS, _kl_grad_scale, _kl_terms, combine_free_bits, free_bits_kl_reference
+from .kl_free_bits import (MODE_IDS, _kl_grad_scale, _kl_terms, combine_free_bits, free_bits_kl_reference,
+                           thresholds)
 from .reparameterize import reparameterize_reference
 
 
@@ -32,13 +33,15 @@ def _sample_and_kl_fwd_kernel(
     row_kl_ptr,  # [B] out: sum_j KL_ij, compute dtype
     row_loss_ptr,  # [B] out: sum_j m_ij KL_ij (dim mode only)
     col_part_ptr,  # [cdiv(B, BLOCK_B), D] out: per-block column sums of KL_ij
-    B, K, D, target,
+    thresholds_ptr,  # [2] (target, target / D) in the compute dtype
+    B, K, D,
     stride_mb, stride_md, stride_lb, stride_ld,
     MODE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, ACC_DTYPE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     row_mask = rows < B
+    target_dim = tl.load(thresholds_ptr + 1)
     row_kl = tl.zeros([BLOCK_B], dtype=ACC_DTYPE)
     row_loss = tl.zeros([BLOCK_B], dtype=ACC_DTYPE)
     for d0 in range(0, D, BLOCK_D):
@@ -57,7 +60,7 @@ def _sample_and_kl_fwd_kernel(
         kl, _ = _kl_terms(mu, lv)
         row_kl += tl.sum(kl, axis=1)
         if MODE == 2:
-            row_loss += tl.sum(tl.where((kl <= target / D) == 0, kl, 0.0), axis=1)
+            row_loss += tl.sum(tl.where((kl <= target_dim) == 0, kl, 0.0), axis=1)
         tl.store(col_part_ptr + pid * D + cols, tl.sum(kl, axis=0), mask=col_mask)
     tl.store(row_kl_ptr + rows, row_kl, mask=row_mask)
     if MODE == 2:
@@ -76,7 +79,8 @@ def _sample_and_kl_bwd_kernel(
     batch_mean_ptr,  # [] forward batch mean of KL_i
     dmu_ptr,  # [B, D] out, contiguous
     dlogvar_ptr,  # [B, D] out, contiguous
-    B, K, D, target,
+    thresholds_ptr,  # [2] (target, target / D) in the compute dtype
+    B, K, D,
     stride_mb, stride_md, stride_lb, stride_ld,
     HAS_DZ: tl.constexpr, MODE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
@@ -94,7 +98,8 @@ def _sample_and_kl_bwd_kernel(
     lv = lv.to(ACC_DTYPE)
     kl, dkl_dlv = _kl_terms(mu, lv)
     grad_scale = tl.load(grad_ptr).to(ACC_DTYPE) / B
-    scale = _kl_grad_scale(kl, rows, cols, row_mask, col_mask, grad_scale, target, D,
+    scale = _kl_grad_scale(kl, rows, cols, row_mask, col_mask, grad_scale, tl.load(thresholds_ptr),
+                           tl.load(thresholds_ptr + 1),
                            row_kl_ptr, col_mean_ptr, batch_mean_ptr, MODE)
     grad_mu = scale * mu
     grad_lv = scale * dkl_dlv
@@ -127,7 +132,7 @@ def sample_and_kl_fwd(mu, logvar, eps, target: float, mode: str):
     row_loss = torch.empty(B if mode == "dim" else 1, dtype=dtype, device=mu.device)
     col_part = torch.empty((blocks, D), dtype=dtype, device=mu.device)
     _sample_and_kl_fwd_kernel[(blocks,)](
-        mu, logvar, eps, z, row_kl, row_loss, col_part, B, K, D, float(target),
+        mu, logvar, eps, z, row_kl, row_loss, col_part, thresholds(target, D, dtype, mu.device), B, K, D,
         mu.stride(0), mu.stride(1), logvar.stride(0), logvar.stride(1),
         MODE=MODE_IDS[mode], BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D, ACC_DTYPE=acc_dtype(dtype))
     loss, col_mean, batch_mean = combine_free_bits(row_kl, row_loss, col_part.sum(dim=0), B, D, target, mode)
@@ -148,7 +153,7 @@ def sample_and_kl_bwd(dz, grad_loss, eps, mu, logvar, row_kl, col_mean, batch_me
     grid = (triton.cdiv(B, BLOCK_B), triton.cdiv(D, BLOCK_D))
     _sample_and_kl_bwd_kernel[grid](
         dz, eps, mu, logvar, grad_loss.reshape(()).contiguous(), row_kl, col_mean, batch_mean, dmu, dlogvar,
-        B, K, D, float(target), mu.stride(0), mu.stride(1), logvar.stride(0), logvar.stride(1),
+        thresholds(target, D, eps.dtype, mu.device), B, K, D, mu.stride(0), mu.stride(1), logvar.stride(0), logvar.stride(1),
         HAS_DZ=has_dz, MODE=MODE_IDS[mode], BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D, ACC_DTYPE=acc_dtype(eps.dtype))
     return dmu, dlogvar
 

@@ -112,3 +112,15 @@ def test_nan_propagates_in_every_mode():
         assert torch.isnan(col_mean[3]), mode
         ref_loss = run_reference(mu, logvar, 1.0, mode)[0]
         assert torch.isnan(ref_loss), mode
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_threshold_ties_match_reference(dtype):
+    """KL_ij exactly equal to target / D (mu = 1, logvar = 0 -> KL 0.5; target 2, D 4) is masked on
+    both paths ("KL > threshold" is strict), with the threshold in the compute dtype on both."""
+    mu = torch.ones(3, 4, dtype=dtype)
+    mu[1, 2] = 2.0  # KL 2.0: kept
+    logvar = torch.zeros(3, 4, dtype=dtype)
+    for mode in ("dim", "kingma", "sentence"):  # rows 0 and 2 also have a row KL of exactly 2.0
+        check(run_kernel(mu, logvar, 2.0, mode), run_reference(mu, logvar, 2.0, mode), dtype)
+    assert run_kernel(mu, logvar, 2.0, "dim")[0].item() == pytest.approx(2.0 / 3)
