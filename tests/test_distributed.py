@@ -1,0 +1,198 @@
+"""Data-parallel training on this CPU: 2 processes with gloo (torch.multiprocessing spawn).
+
+- the primitives of fastvae.training.distributed (row-weighted gradient all-reduce with frozen,
+  unused and empty-shard cases, sums, broadcast, gather in the split's order, evaluation shards);
+- `vae` and `aggressive` trained by 2 ranks equal a single-process run with the same global batch.
+  Tolerance: dropout 0 (dropout masks are drawn per shard: equal in distribution only) and the
+  reparameterisation noise drawn for the global batch, so the only differences are float
+  summation orders (per-shard means, the all-reduce): parameters agree to atol 2e-5 + rtol 1e-4.
+"""
+import os
+import socket
+import tempfile
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from fastvae.training import distributed as D
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _entry(rank, world, port, fn, args, out_dir):
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)  # 2 cores, 2 ranks
+    ctx = D.init_distributed("cpu")
+    try:
+        result = fn(ctx, *args)
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        D.shutdown(ctx)
+
+
+def run_ranks(fn, *args, world=2):
+    """Runs fn(ctx, *args) on `world` gloo ranks; returns the list of their results."""
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(_entry, args=(world, _free_port(), fn, args, out_dir), nprocs=world, join=True)
+        return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world)]
+
+
+# ----------------------------------------------------------------------------- primitives
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = torch.nn.Linear(3, 4)
+        self.dec = torch.nn.Linear(4, 2)
+        self.unused = torch.nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.dec(torch.tanh(self.enc(x)))
+
+
+def _grads(net):
+    return {name: (None if p.grad is None else p.grad.clone()) for name, p in net.named_parameters()}
+
+
+def _primitives_worker(ctx, seed):
+    torch.manual_seed(seed)
+    net = _Net().double()
+    if ctx.rank == 1:  # different starting points: broadcast must fix that
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(1.0)
+    D.broadcast_parameters(net, ctx)
+    out = {"in_sync": D.parameters_in_sync(net, ctx)}
+    gen = torch.Generator().manual_seed(seed + 1)
+    cases = {}
+    for name, rows, freeze_dec in (("uneven", 5, False), ("frozen_decoder", 7, True), ("empty_shard", 1, False)):
+        x = torch.randn(rows, 3, generator=gen, dtype=torch.float64)
+        y = torch.randn(rows, 2, generator=gen, dtype=torch.float64)
+        for p in net.dec.parameters():
+            p.requires_grad_(not freeze_dec)
+        # the single-process gradient of the global batch's mean loss
+        net.zero_grad(set_to_none=True)
+        ((net(x) - y) ** 2).sum(1).mean().backward()
+        reference = _grads(net)
+        # this rank's shard: mean over its rows, then the row-weighted all-reduce
+        net.zero_grad(set_to_none=True)
+        rows_here = ctx.rows(rows)
+        xs, ys = x[rows_here], y[rows_here]
+        if xs.shape[0] > 0:
+            ((net(xs) - ys) ** 2).sum(1).mean().backward()
+        D.allreduce_gradients(net.parameters(), ctx, local_rows=xs.shape[0], global_rows=rows)
+        cases[name] = {"reference": reference, "synced": _grads(net), "local_rows": xs.shape[0]}
+        for p in net.dec.parameters():
+            p.requires_grad_(True)
+    out["cases"] = cases
+    out["sums"] = D.allreduce_sums({"loss": torch.tensor(1.5 * (ctx.rank + 1)), "count": ctx.rank + 2,
+                                    "x": 0.25}, ctx)
+    out["decision"] = D.broadcast_decision(ctx.rank == 0, ctx)
+    out["agree_all"] = D.all_agree(True, ctx)
+    out["agree_one"] = D.all_agree(ctx.rank == 0, ctx)
+    out["max"] = D.allreduce_max(float(ctx.rank) * 3.0, ctx)
+    # uneven rows scattered over the split, gathered back in its order
+    total = 11
+    perm = torch.randperm(total, generator=torch.Generator().manual_seed(seed + 2))
+    mine = perm[:7] if ctx.rank == 0 else perm[7:]  # deliberately not the balanced split
+    values = torch.stack([mine.double(), -mine.double()], 1)
+    out["gathered"] = D.gather_rows_in_order(values, mine, total, ctx)
+    out["gathered_plain"] = D.gather_rows(values, ctx)
+    # evaluation shards
+    lengths = torch.randint(3, 7, (53,), generator=torch.Generator().manual_seed(seed + 3)).tolist()
+    out["eval_shard"] = D.bucket_shard_indices(lengths, 4, ctx)
+    out["lengths"] = lengths
+    noise_gen = torch.Generator().manual_seed(seed + 4)
+    out["noise"] = D.global_noise(5, 3, ctx, generator=noise_gen)
+    return out
+
+
+def _bucket_batches(indices, lengths, batch_size):
+    """The reference's same-length batches (stable order) of the given sentence indices."""
+    batches, current = [], []
+    for i in sorted(indices, key=lambda i: (lengths[i], i)):
+        if current and (lengths[current[-1]] != lengths[i] or len(current) == batch_size):
+            batches.append(tuple(current))
+            current = []
+        current.append(i)
+    if current:
+        batches.append(tuple(current))
+    return batches
+
+
+def test_distributed_primitives(fresh_seed):
+    results = run_ranks(_primitives_worker, fresh_seed)
+    for out in results:
+        assert out["in_sync"]
+        for name, case in out["cases"].items():
+            for pname, ref in case["reference"].items():
+                got = case["synced"][pname]
+                if ref is None:  # frozen or unused: no gradient on any rank stays None
+                    assert got is None, (name, pname)
+                else:
+                    assert got is not None, (name, pname)
+                    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12, msg=f"{name} {pname}")
+        assert out["cases"]["empty_shard"]["synced"]["unused.weight"] is None
+        assert out["sums"] == {"loss": torch.tensor(4.5), "count": 5, "x": 0.5}
+        assert isinstance(out["sums"]["count"], int)
+        assert out["decision"] is True and out["agree_all"] is True and out["agree_one"] is False
+        assert out["max"] == 3.0
+        expected = torch.stack([torch.arange(11).double(), -torch.arange(11).double()], 1)
+        torch.testing.assert_close(out["gathered"], expected, rtol=0, atol=0)
+        assert out["gathered_plain"].shape == (11, 2)
+    assert [r["cases"]["empty_shard"]["local_rows"] for r in results] == [0, 1]
+    # the two noise slices are the single-process draw
+    full = torch.randn((5, 1, 3), generator=torch.Generator().manual_seed(fresh_seed + 4))
+    torch.testing.assert_close(torch.cat([r["noise"] for r in results]), full, rtol=0, atol=0)
+    # evaluation shards: a partition, and the batches each rank forms are those of one process
+    lengths = results[0]["lengths"]
+    shards = [r["eval_shard"].tolist() for r in results]
+    assert sorted(shards[0] + shards[1]) == list(range(len(lengths)))
+    assert abs(len(shards[0]) - len(shards[1])) <= 4 + 1
+    single = _bucket_batches(range(len(lengths)), lengths, 4)
+    assert _bucket_batches(shards[0], lengths, 4) + _bucket_batches(shards[1], lengths, 4) == single
+
+
+def test_single_process_context_is_inert():
+    ctx = D.init_distributed("cpu", env={})
+    assert not ctx.enabled and ctx.is_main and ctx.world_size == 1
+    assert D.shard_rows(5, 0, 1) == slice(0, 5)
+    assert D.allreduce_sums({"a": 2}, ctx) == {"a": 2}
+    assert D.broadcast_decision(False, ctx) is False
+    x = torch.randn(3, 2)
+    assert D.gather_rows(x, ctx) is x
+
+
+def test_shard_rows_partition():
+    for n in range(0, 9):
+        for world in range(1, 5):
+            parts = [D.shard_rows(n, r, world) for r in range(world)]
+            covered = [i for s in parts for i in range(n)[s]]
+            assert covered == list(range(n))
+            sizes = [s.stop - s.start for s in parts]
+            assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("env,match", [
+    ({"WORLD_SIZE": "2"}, "RANK is not set"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "outside"),
+    ({"WORLD_SIZE": "two", "RANK": "0"}, "not an integer"),
+    ({"RANK": "1"}, "single process has rank 0"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "MASTER_ADDR is not set"),
+])
+def test_bad_launch_environment(env, match):
+    with pytest.raises(ValueError, match=match):
+        D.init_distributed("cpu", env=env)
+
+
+def test_bad_backend_choice():
+    env = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    with pytest.raises(ValueError, match="nccl backend needs CUDA"):
+        D.init_distributed("cpu", backend="nccl", env=env)
+    with pytest.raises(ValueError, match="unknown distributed backend"):
+        D.init_distributed("cpu", backend="mpi", env=env)
