@@ -20,11 +20,16 @@ def gaussian_log_prob_reference(z: torch.Tensor, mu: torch.Tensor | None, logvar
     (z_c,) = upcast(z)
     dims = z.shape[-1]
     if mu is None:
-        return -0.5 * (dims * LOG_2PI + (z_c * z_c).sum(dim=-1))
+        return -0.5 * (dims * LOG_2PI + torch.linalg.vecdot(z_c, z_c))
     mu_c, logvar_c = upcast(mu, logvar)
-    # direct form, scaled first: ((z - mu) / std)^2 needs two [B, K, D] temporaries, not four
-    scaled = (z_c - mu_c.unsqueeze(1)) * torch.exp(-0.5 * logvar_c).unsqueeze(1)
-    return -0.5 * (dims * LOG_2PI + logvar_c.sum(dim=-1, keepdim=True) + (scaled * scaled).sum(dim=-1))
+    inv_std = torch.exp(-0.5 * logvar_c).unsqueeze(1)
+    # direct form, scaled first: ((z - mu) / std)^2 summed over D
+    scaled = z_c - mu_c.unsqueeze(1)
+    if torch.is_grad_enabled() and (z.requires_grad or mu.requires_grad or logvar.requires_grad):
+        scaled = scaled * inv_std
+    else:  # evaluation (IW-NLL): one [B, K, D] temporary, updated in place (fresh buffers cost page faults)
+        scaled.mul_(inv_std)
+    return -0.5 * (dims * LOG_2PI + logvar_c.sum(dim=-1, keepdim=True) + torch.linalg.vecdot(scaled, scaled))
 
 
 @jit
