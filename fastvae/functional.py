@@ -132,7 +132,7 @@ def kl_per_dim(mu, logvar):
 
     KL_ij = 0.5 * (mu_ij^2 + exp(logvar_ij) - logvar_ij - 1); differentiable (elementwise torch)."""
     _check_posterior("kl_per_dim", mu, logvar)
-    backend.select(OP_KL_PER_DIM, mu.device)  # torch on every device: one fused elementwise expression
+    backend.select(OP_KL_PER_DIM, mu.device)  # torch on every device: elementwise, no kernel of its own
     return _kernels("kl_free_bits").kl_per_dim_reference(mu, logvar).to(mu.dtype)
 
 
