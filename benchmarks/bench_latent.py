@@ -192,3 +192,33 @@ def test_mutual_information_per_batch(benchmark, provider):
     fn = per_batch_loop if provider == "eager" else (lambda: F.mutual_information(mu, logvar, z, batch_size=32))
     with torch.no_grad():
         run(benchmark, "mutual_information", f"N={n} D=32 per-batch(32)", provider, fn, rounds=10)
+
+
+# ---------------------------------------------------------------- summary table
+def summarize(json_path: str) -> str:
+    """Markdown table (median ms, peak MiB, ratio to eager) of a --benchmark-json file of this suite."""
+    import json
+
+    with open(json_path) as handle:
+        data = json.load(handle)
+    groups = {}
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        groups.setdefault(bench["group"], {})[info["provider"]] = (bench["stats"]["median"] * 1e3,
+                                                                  info["peak_memory_bytes"] / 2**20, info["device"])
+    lines = ["| op, shape | provider | median ms | x eager (time) | peak MiB |", "|---|---|---:|---:|---:|"]
+    for group, providers in groups.items():
+        eager = providers.get("eager", (None,))[0]
+        for provider in PROVIDERS:
+            if provider not in providers:
+                continue
+            ms, mib, _ = providers[provider]
+            ratio = f"{eager / ms:.2f}" if eager else "-"
+            lines.append(f"| {group} | {provider} | {ms:.3f} | {ratio} | {mib:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(summarize(sys.argv[1]))
