@@ -85,8 +85,10 @@ def _primitives_worker(ctx, seed):
         xs, ys = x[rows_here], y[rows_here]
         if xs.shape[0] > 0:
             ((net(xs) - ys) ** 2).sum(1).mean().backward()
-        D.allreduce_gradients(net.parameters(), ctx, local_rows=xs.shape[0], global_rows=rows)
-        cases[name] = {"reference": reference, "synced": _grads(net), "local_rows": xs.shape[0]}
+        extras = D.allreduce_gradients(net.parameters(), ctx, local_rows=xs.shape[0], global_rows=rows,
+                                       extras={"loss_sum": torch.tensor(0.5 * (ctx.rank + 1)),
+                                               "words": torch.tensor(3 + ctx.rank), "sentences": xs.shape[0]})
+        cases[name] = {"reference": reference, "synced": _grads(net), "local_rows": xs.shape[0], "extras": extras}
         for p in net.dec.parameters():
             p.requires_grad_(True)
     out["cases"] = cases
@@ -138,6 +140,11 @@ def test_distributed_primitives(fresh_seed):
                     assert got is not None, (name, pname)
                     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12, msg=f"{name} {pname}")
         assert out["cases"]["empty_shard"]["synced"]["unused.weight"] is None
+        for name, case in out["cases"].items():  # step statistics summed in the same all-reduce
+            extras = case["extras"]
+            assert extras["loss_sum"].dtype == torch.float32 and float(extras["loss_sum"]) == 1.5
+            assert extras["words"].dtype == torch.long and int(extras["words"]) == 7
+            assert extras["sentences"] == {"uneven": 5, "frozen_decoder": 7, "empty_shard": 1}[name]
         assert out["sums"] == {"loss": torch.tensor(4.5), "count": 5, "x": 0.5}
         assert isinstance(out["sums"]["count"], int)
         assert out["decision"] is True and out["agree_all"] is True and out["agree_one"] is False

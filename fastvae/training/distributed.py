@@ -221,25 +221,31 @@ def parameters_in_sync(module: torch.nn.Module, ctx: DistContext) -> bool:
     return bool(differs.item() == 0)
 
 
-def allreduce_gradients(params, ctx: DistContext, *, local_rows: int, global_rows: int) -> None:
+def allreduce_gradients(params, ctx: DistContext, *, local_rows: int, global_rows: int, extras: dict | None = None):
     """Replaces every parameter's gradient with the global batch's gradient, on every rank.
 
     Each rank's gradient is that of its shard's mean loss; the global batch's mean-loss gradient
     is sum_r (rows_r / rows) grad_r. Parameters are those in `params` that require a gradient
-    (the same list on every rank); a rank without a gradient for one (empty shard) counts zeros,
-    and a parameter that has no gradient on any rank keeps `grad=None`. One packed all-reduce."""
+    (the same list on every rank). Ranks that hold rows produce the same set of gradients (same
+    code path); when a shard can be empty (`global_rows < world_size`) a "has a gradient" flag per
+    parameter rides along, an empty rank counts zeros, and a parameter that no rank gave a
+    gradient keeps `grad=None` (that case reads the flags on the host; otherwise nothing is read).
+    `extras`: 0-d tensors (e.g. a step's loss sum and word count) summed in the same all-reduce;
+    returns them as a dict of global sums (same dtypes). One collective per call."""
+    extras = dict(extras or {})
     if not ctx.enabled:
-        return
+        return extras
     if global_rows <= 0:
         raise ValueError(f"global_rows must be > 0, got {global_rows}")
     params = [p for p in params if p.requires_grad]
-    if not params:
-        return
-    device = params[0].device
+    device = params[0].device if params else (ctx.device if ctx.backend == "nccl" else torch.device("cpu"))
     dtype = torch.float32 if all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params) \
         else torch.float64
     sizes = [p.numel() for p in params]
-    buffer = torch.zeros(sum(sizes) + len(params), dtype=dtype, device=device)
+    n_grads = sum(sizes)
+    with_flags = global_rows < ctx.world_size
+    n_flags = len(params) if with_flags else 0
+    buffer = torch.zeros(n_grads + n_flags + len(extras), dtype=dtype, device=device)
     scale = local_rows / global_rows
     offset = 0
     for i, (p, size) in enumerate(zip(params, sizes)):
@@ -247,13 +253,19 @@ def allreduce_gradients(params, ctx: DistContext, *, local_rows: int, global_row
             if p.grad.is_sparse:
                 raise ValueError("sparse gradients are not supported in distributed training")
             buffer[offset:offset + size].copy_(p.grad.reshape(-1)).mul_(scale)
-            buffer[sum(sizes) + i] = 1.0
+            if with_flags:
+                buffer[n_grads + i] = 1.0
         offset += size
+    for j, value in enumerate(extras.values()):
+        buffer[n_grads + n_flags + j] = value if torch.is_tensor(value) else float(value)
     dist.all_reduce(buffer)
-    flags = buffer[sum(sizes):].tolist()  # one host read per step: which parameters got a gradient
+    if with_flags:
+        flags = [f > 0 for f in buffer[n_grads:n_grads + n_flags].tolist()]
+    else:
+        flags = [p.grad is not None for p in params]
     offset = 0
     for p, size, flag in zip(params, sizes, flags):
-        if flag > 0:
+        if flag:
             synced = buffer[offset:offset + size].view_as(p).to(p.dtype)
             if p.grad is None:
                 p.grad = synced.clone()
@@ -262,6 +274,16 @@ def allreduce_gradients(params, ctx: DistContext, *, local_rows: int, global_row
         else:
             p.grad = None
         offset += size
+    out = {}
+    for j, (key, value) in enumerate(extras.items()):
+        total = buffer[n_grads + n_flags + j]
+        if torch.is_tensor(value):
+            out[key] = total.to(dtype=value.dtype, device=value.device)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            out[key] = int(round(float(total)))
+        else:
+            out[key] = float(total)
+    return out
 
 
 # ----------------------------------------------------------------------------- metrics and decisions
