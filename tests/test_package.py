@@ -126,7 +126,7 @@ def test_lstm_cell_op_non_contiguous_and_extreme():
 def test_lstm_cell_op_bad_input_messages():
     with pytest.raises(RuntimeError, match="4\\*hidden"):
         torch.ops.fastvae.lstm_cell_forward(torch.zeros(2, 7), torch.zeros(2, 2))
-    with pytest.raises(RuntimeError, match="same dtype"):
+    with pytest.raises(RuntimeError, match="share one dtype"):
         torch.ops.fastvae.lstm_cell_forward(torch.zeros(2, 8), torch.zeros(2, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="shapes do not match"):
         ops.lstm_cell(torch.zeros(3, 8), torch.zeros(2, 2))

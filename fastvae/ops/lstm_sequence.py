@@ -3,7 +3,7 @@
 Shapes (gate order i, f, g, o as in torch.nn.LSTM; N = B * K rows):
 
   lstm_sequence(input_gates [B, T, 4H], sample_gates [B, K, 4H], h0 [B, K, H], c0 [B, K, H], weight_hh [4H, H])
-      -> (h_all [B, K, T, H], c_all [B, K, T, H])
+      -> (h_all [B, K, T, H], c_last [B, K, H])
       gates(b, k, t) = input_gates[b, t] + sample_gates[b, k] + h(b, k, t-1) @ weight_hh^T
   input_gates holds the input projections of every step (biases folded in) and is shared by the K samples of a
   row; sample_gates holds a per-sample term added at every step (the decoder's latent code projected once).
@@ -16,8 +16,8 @@ import torch
 
 from .. import backend
 
-SEQUENCE_OP = backend.register_op("lstm_sequence", cpp=False)
-STEP_OP = backend.register_op("lstm_step", cpp=False)
+SEQUENCE_OP = backend.register_op("lstm_sequence", cpp=True)
+STEP_OP = backend.register_op("lstm_step", cpp=True)
 
 
 # ------------------------------------------------------------------ references (plain torch)
@@ -33,23 +33,20 @@ def lstm_step_reference(input_gates, h, c, weight_hh):
 
 
 def lstm_sequence_reference(input_gates, sample_gates, h0, c0, weight_hh):
-    """The whole recurrence in plain torch (a Python loop over time); returns (h_all, c_all) [B, K, T, H]."""
+    """The whole recurrence in plain torch (a Python loop over time); returns (h_all [B, K, T, H], c_last [B, K, H])."""
     B, T, G = input_gates.shape
     K = sample_gates.shape[1]
     H = G // 4
     h = h0.reshape(B * K, H)
     c = c0.reshape(B * K, H)
     per_sample = sample_gates.reshape(B * K, G)
-    hs, cs = [], []
+    hs = []
     for t in range(T):
         step_input = input_gates[:, t].repeat_interleave(K, dim=0) + per_sample
         h, c = lstm_step_reference(step_input, h, c, weight_hh)
         hs.append(h)
-        cs.append(c)
-    if T == 0:
-        empty = input_gates.new_empty(B, K, 0, H)
-        return empty, empty.clone()
-    return torch.stack(hs, 1).view(B, K, T, H), torch.stack(cs, 1).view(B, K, T, H)
+    h_all = torch.stack(hs, 1).view(B, K, T, H) if T else input_gates.new_zeros(B, K, 0, H)
+    return h_all, c.view(B, K, H)
 
 
 # ------------------------------------------------------------------ argument checks
@@ -102,13 +99,105 @@ def _check_step(input_gates, h, c, weight_hh):
 
 
 # ------------------------------------------------------------------ public entry points
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def lstm_sequence(input_gates, sample_gates, h0, c0, weight_hh):
-    """Runs the recurrence on the selected backend; differentiable in every argument."""
+    """Runs the recurrence on the selected backend -> (h_all [B, K, T, H], c_last [B, K, H]).
+
+    Differentiable in every argument. The compiled op saves its activations only when a gradient is
+    needed, and its backward skips the gradients autograd does not ask for (no weight-gradient GEMM
+    when weight_hh needs none, e.g. while only the encoder is trained)."""
     _check_sequence(input_gates, sample_gates, h0, c0, weight_hh)
+    if backend.select(SEQUENCE_OP, input_gates.device) == "cpp":
+        save = _needs_grad(input_gates, sample_gates, h0, c0, weight_hh)
+        h_all, c_last, _, _ = torch.ops.fastvae.lstm_sequence_forward(input_gates, sample_gates, h0, c0, weight_hh,
+                                                                      save)
+        return h_all, c_last
     return lstm_sequence_reference(input_gates, sample_gates, h0, c0, weight_hh)
 
 
 def lstm_step(input_gates, h, c, weight_hh):
-    """One LSTM step on the selected backend; differentiable in every argument."""
+    """One LSTM step on the selected backend -> (h_new, c_new); differentiable in every argument."""
     _check_step(input_gates, h, c, weight_hh)
+    if backend.select(STEP_OP, h.device) == "cpp":
+        h_new, c_new, _ = torch.ops.fastvae.lstm_step_forward(input_gates, h, c, weight_hh)
+        return h_new, c_new
     return lstm_step_reference(input_gates, h, c, weight_hh)
+
+
+# ------------------------------------------------------------------ autograd and fake kernels of the compiled ops
+def _sequence_setup(ctx, inputs, output):
+    _, _, h0, c0, weight_hh, save = inputs
+    h_all, _, c_all, act = output
+    ctx.saved = save
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(h0, c0, weight_hh, h_all, c_all, act)
+
+
+def _sequence_backward(ctx, grad_h_all, grad_c_last, _grad_c_all, _grad_act):
+    if not ctx.saved:
+        raise RuntimeError("fastvae.lstm_sequence: backward through a forward that ran with save_for_backward=False; "
+                           "call the op with save_for_backward=True (fastvae.ops.lstm_sequence does this when a "
+                           "gradient is needed)")
+    h0, c0, weight_hh, h_all, c_all, act = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    mask = [needs[0], needs[1], needs[4]]
+    grad_input, grad_sample, grad_h0, grad_c0, grad_weight = torch.ops.fastvae.lstm_sequence_backward(
+        grad_h_all, grad_c_last, h0, c0, weight_hh, h_all, c_all, act, mask)
+    return (grad_input if needs[0] else None, grad_sample if needs[1] else None, grad_h0 if needs[2] else None,
+            grad_c0 if needs[3] else None, grad_weight if needs[4] else None, None)
+
+
+def _step_setup(ctx, inputs, output):
+    _, h, c, weight_hh = inputs
+    _, c_new, act = output
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(h, c, c_new, act, weight_hh)
+
+
+def _step_backward(ctx, grad_h_new, grad_c_new, _grad_act):
+    h, c, c_new, act, weight_hh = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    grad_input, grad_h, grad_c, grad_weight = torch.ops.fastvae.lstm_step_backward(
+        grad_h_new, grad_c_new, h, c, c_new, act, weight_hh, needs[3])
+    return (grad_input if needs[0] else None, grad_h if needs[1] else None, grad_c if needs[2] else None,
+            grad_weight if needs[3] else None)
+
+
+def _register():
+    if backend.compiled_core() is None:
+        return
+
+    @torch.library.register_fake("fastvae::lstm_sequence_forward")
+    def _(input_gates, sample_gates, h0, c0, weight_hh, save_for_backward):
+        B, T, G = input_gates.shape
+        K, H = sample_gates.shape[1], G // 4
+        new = input_gates.new_empty
+        if save_for_backward:
+            return new(B, K, T, H), new(B, K, H), new(B, K, T, H), new(B, K, T, G)
+        return new(B, K, T, H), new(B, K, H), new(0), new(0)
+
+    @torch.library.register_fake("fastvae::lstm_sequence_backward")
+    def _(grad_h_all, grad_c_last, h0, c0, weight_hh, h_all, c_all, act, output_mask):
+        B, K, T, H = h_all.shape
+        new = h_all.new_empty
+        return (new(B, T, 4 * H) if output_mask[0] else new(0), new(B, K, 4 * H) if output_mask[1] else new(0),
+                new(B, K, H), new(B, K, H), new(4 * H, H) if output_mask[2] else new(0))
+
+    @torch.library.register_fake("fastvae::lstm_step_forward")
+    def _(input_gates, h, c, weight_hh):
+        return h.new_empty(h.shape), h.new_empty(h.shape), h.new_empty(input_gates.shape)
+
+    @torch.library.register_fake("fastvae::lstm_step_backward")
+    def _(grad_h_new, grad_c_new, h, c, c_new, act, weight_hh, need_weight_grad):
+        new = h.new_empty
+        return new(act.shape), new(h.shape), new(h.shape), new(weight_hh.shape) if need_weight_grad else new(0)
+
+    torch.library.register_autograd("fastvae::lstm_sequence_forward", _sequence_backward,
+                                    setup_context=_sequence_setup)
+    torch.library.register_autograd("fastvae::lstm_step_forward", _step_backward, setup_context=_step_setup)
+
+
+_register()

@@ -1,0 +1,279 @@
+"""The fused LSTM ops (fastvae.ops.lstm_sequence / lstm_step, torch.ops.fastvae.*) against plain torch."""
+import pytest
+import torch
+
+from fastvae import backend
+from fastvae.ops import lstm_sequence, lstm_sequence_reference, lstm_step, lstm_step_reference
+
+cpp = pytest.mark.skipif(not backend.cpp_available("cpu"), reason="fastvae._C is not built")
+
+
+def make_sequence_inputs(B, K, T, H, dtype=torch.float32, device="cpu", scale=1.0, requires_grad=False):
+    G = 4 * H
+    tensors = [torch.randn(B, T, G, dtype=dtype, device=device) * scale,
+               torch.randn(B, K, G, dtype=dtype, device=device) * scale,
+               torch.randn(B, K, H, dtype=dtype, device=device).tanh(),
+               torch.randn(B, K, H, dtype=dtype, device=device),
+               torch.randn(G, H, dtype=dtype, device=device) / H ** 0.5]
+    return [t.requires_grad_(requires_grad) for t in tensors]
+
+
+def first_mismatch(got, want, atol, rtol):
+    bad = ~torch.isclose(got, want, atol=atol, rtol=rtol)
+    if not bad.any():
+        return ""
+    idx = tuple(bad.nonzero()[0].tolist())
+    return f"first mismatch at {idx}: got {got[idx].item()}, want {want[idx].item()}"
+
+
+def assert_close(got, want, atol, rtol, what=""):
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert torch.allclose(got, want, atol=atol, rtol=rtol), f"{what}: {first_mismatch(got, want, atol, rtol)}"
+
+
+SHAPES = [(1, 1, 1, 1), (37, 1, 5, 50), (3, 4, 60, 7), (2, 5, 9, 16), (1, 1, 60, 50)]
+
+
+@cpp
+@pytest.mark.parametrize("B,K,T,H", SHAPES)
+def test_sequence_forward_and_gradients_match_reference(B, K, T, H):
+    inputs = make_sequence_inputs(B, K, T, H, requires_grad=True)
+    ref_inputs = [t.detach().double().requires_grad_() for t in inputs]
+    h_all, c_last = lstm_sequence(*inputs)
+    h_ref, c_ref = lstm_sequence_reference(*ref_inputs)
+    assert_close(h_all.double(), h_ref, 1e-5, 1e-4, "h_all")
+    assert_close(c_last.double(), c_ref, 1e-5, 1e-4, "c_last")
+    grad_h = torch.randn_like(h_ref) * 2  # an upstream gradient that is not 1
+    grad_c = torch.randn_like(c_ref)
+    torch.autograd.backward([h_all, c_last], [grad_h.float(), grad_c.float()])
+    torch.autograd.backward([h_ref, c_ref], [grad_h, grad_c])
+    for name, got, want in zip(["input_gates", "sample_gates", "h0", "c0", "weight_hh"], inputs, ref_inputs):
+        assert_close(got.grad.double(), want.grad, 1e-4, 1e-3, f"grad {name}")
+
+
+@cpp
+def test_sequence_only_h_used_and_time_zero():
+    inputs = make_sequence_inputs(2, 3, 4, 5, requires_grad=True)
+    h_all, _ = lstm_sequence(*inputs)  # c_last unused: its gradient is None inside the backward
+    h_all.sum().backward()
+    ref = [t.detach().clone().requires_grad_() for t in inputs]
+    lstm_sequence_reference(*ref)[0].sum().backward()
+    for got, want in zip(inputs, ref):
+        assert_close(got.grad, want.grad, 1e-5, 1e-4)
+    empty = make_sequence_inputs(2, 3, 0, 5)
+    h_all, c_last = lstm_sequence(*empty)
+    assert h_all.shape == (2, 3, 0, 5)
+    assert torch.equal(c_last, empty[3])
+
+
+@cpp
+def test_sequence_skips_gradients_nobody_needs():
+    """Only z's path needs a gradient (the aggressive recipe's encoder steps): weight_hh gets none."""
+    inputs = make_sequence_inputs(3, 2, 6, 8)
+    inputs[1].requires_grad_()
+    inputs[3].requires_grad_()
+    ref = [t.detach().clone().requires_grad_(t.requires_grad) for t in inputs]
+    upstream = torch.randn(3, 2, 6, 8)
+    h_all, _ = lstm_sequence(*inputs)
+    (h_all * upstream).sum().backward()
+    h_ref, _ = lstm_sequence_reference(*ref)
+    (h_ref * upstream).sum().backward()
+    assert inputs[4].grad is None and inputs[0].grad is None
+    assert_close(inputs[1].grad, ref[1].grad, 1e-5, 1e-4, "sample_gates")
+    assert_close(inputs[3].grad, ref[3].grad, 1e-5, 1e-4, "c0")
+
+
+@cpp
+def test_sequence_saves_nothing_without_grad():
+    inputs = make_sequence_inputs(2, 2, 3, 4)
+    h_all, c_last, c_all, act = torch.ops.fastvae.lstm_sequence_forward(*inputs, False)
+    assert c_all.numel() == 0 and act.numel() == 0
+    h_ref, c_ref = lstm_sequence_reference(*inputs)
+    assert_close(h_all, h_ref, 1e-5, 1e-4)
+    assert_close(c_last, c_ref, 1e-5, 1e-4)
+    with pytest.raises(RuntimeError, match="did not save its state"):
+        torch.ops.fastvae.lstm_sequence_backward(h_all, None, inputs[2], inputs[3], inputs[4], h_all, c_all, act,
+                                                 [True, True, True])
+
+
+@cpp
+def test_sequence_extreme_values_stay_finite():
+    inputs = make_sequence_inputs(4, 2, 7, 6, scale=1e4, requires_grad=True)
+    h_all, c_last = lstm_sequence(*inputs)
+    h_ref, c_ref = lstm_sequence_reference(*[t.detach().double() for t in inputs])
+    assert torch.isfinite(h_all).all() and torch.isfinite(c_last).all()
+    assert_close(h_all.double(), h_ref, 1e-5, 1e-4, "saturated h_all")
+    (h_all.sum() + c_last.sum()).backward()
+    assert all(torch.isfinite(t.grad).all() for t in inputs)
+
+
+@cpp
+def test_sequence_non_contiguous_inputs():
+    B, K, T, H = 3, 2, 5, 4
+    strided = [torch.randn(T, B, 4 * H).transpose(0, 1), torch.randn(K, B, 4 * H).transpose(0, 1),
+               torch.randn(K, B, H).transpose(0, 1), torch.randn(K, B, H).transpose(0, 1),
+               torch.randn(H, 4 * H).t()]
+    assert not any(t.is_contiguous() for t in strided)
+    got = lstm_sequence(*strided)
+    want = lstm_sequence_reference(*[t.contiguous() for t in strided])
+    for g, w in zip(got, want):
+        assert_close(g, w, 1e-5, 1e-4)
+
+
+@cpp
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 5e-3), (torch.bfloat16, 4e-2)])
+def test_sequence_low_precision_within_twice_torch_error(dtype, tol):
+    inputs64 = make_sequence_inputs(4, 2, 8, 16, dtype=torch.float64)
+    h_ref, _ = lstm_sequence_reference(*inputs64)
+    low = [t.to(dtype) for t in inputs64]
+    h_fast, _ = lstm_sequence(*low)
+    h_torch, _ = lstm_sequence_reference(*low)
+    assert h_fast.dtype == dtype
+    fast_err = (h_fast.double() - h_ref).abs().max().item()
+    torch_err = (h_torch.double() - h_ref).abs().max().item()
+    assert fast_err <= max(2 * torch_err, tol), (fast_err, torch_err)
+
+
+@cpp
+def test_sequence_gradcheck_float64():
+    inputs = make_sequence_inputs(2, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: lstm_sequence(*a), inputs)
+
+
+@cpp
+def test_step_matches_reference_and_gradcheck():
+    N, H = 37, 50
+    x = torch.randn(N, 4 * H, requires_grad=True)
+    h = torch.randn(N, H, requires_grad=True)
+    c = torch.randn(N, H, requires_grad=True)
+    w = (torch.randn(4 * H, H) / H ** 0.5).requires_grad_()
+    got = lstm_step(x, h, c, w)
+    ref_in = [t.detach().double().requires_grad_() for t in (x, h, c, w)]
+    want = lstm_step_reference(*ref_in)
+    gh, gc = torch.randn(N, H, dtype=torch.float64), torch.randn(N, H, dtype=torch.float64)
+    torch.autograd.backward(got, [gh.float(), gc.float()])
+    torch.autograd.backward(want, [gh, gc])
+    for g, r in zip(got, want):
+        assert_close(g.double(), r, 1e-5, 1e-4)
+    for t, r in zip((x, h, c, w), ref_in):
+        assert_close(t.grad.double(), r.grad, 1e-4, 1e-3)
+    small = [torch.randn(3, 8, dtype=torch.float64, requires_grad=True),
+             torch.randn(3, 2, dtype=torch.float64, requires_grad=True),
+             torch.randn(3, 2, dtype=torch.float64, requires_grad=True),
+             torch.randn(8, 2, dtype=torch.float64, requires_grad=True)]
+    assert torch.autograd.gradcheck(lambda *a: lstm_step(*a), small)
+    # Only h_new used (c_new's gradient is None), weight without grad.
+    small[3].requires_grad_(False)
+    assert torch.autograd.gradcheck(lambda *a: lstm_step(*a, small[3])[0], small[:3])
+
+
+@cpp
+def test_opcheck_sequence_and_step():
+    seq = make_sequence_inputs(2, 2, 3, 4, requires_grad=True)
+    for save in (True, False):
+        torch.library.opcheck(torch.ops.fastvae.lstm_sequence_forward.default, (*seq, save),
+                              test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.fastvae.lstm_sequence_forward.default, (*seq, True))
+    step = [torch.randn(3, 8, requires_grad=True), torch.randn(3, 2, requires_grad=True),
+            torch.randn(3, 2, requires_grad=True), torch.randn(8, 2, requires_grad=True)]
+    torch.library.opcheck(torch.ops.fastvae.lstm_step_forward.default, tuple(step))
+    h_all, c_last, c_all, act = torch.ops.fastvae.lstm_sequence_forward(*[t.detach() for t in seq], True)
+    torch.library.opcheck(torch.ops.fastvae.lstm_sequence_backward.default,
+                          (torch.randn_like(h_all), None, seq[2].detach(), seq[3].detach(), seq[4].detach(), h_all,
+                           c_all, act, [True, False, True]), test_utils=("test_schema", "test_faketensor"))
+
+
+@cpp
+def test_torch_backend_override_matches(monkeypatch):
+    inputs = make_sequence_inputs(3, 2, 4, 5)
+    fast = lstm_sequence(*inputs)
+    monkeypatch.setenv("FASTVAE_BACKEND", "torch")
+    assert backend.select("lstm_sequence", "cpu") == "torch"
+    slow = lstm_sequence(*inputs)
+    for f, s in zip(fast, slow):
+        assert_close(f, s, 1e-5, 1e-4)
+
+
+def test_bad_inputs_python_messages():
+    B, K, T, H = 2, 3, 4, 5
+    x, zg, h0, c0, w = make_sequence_inputs(B, K, T, H)
+    with pytest.raises(ValueError, match=r"input_gates must be \[batch, time, 4\*hidden\]"):
+        lstm_sequence(x[0], zg, h0, c0, w)
+    with pytest.raises(ValueError, match="weight_hh must be"):
+        lstm_sequence(x, zg, h0, c0, w.t())
+    with pytest.raises(ValueError, match="sample_gates must be"):
+        lstm_sequence(x, zg[:1], h0, c0, w)
+    with pytest.raises(ValueError, match="h0 must be"):
+        lstm_sequence(x, zg, h0[:, :1], c0, w)
+    with pytest.raises(TypeError, match="share one dtype"):
+        lstm_sequence(x, zg.double(), h0, c0, w)
+    with pytest.raises(TypeError, match="floating-point"):
+        lstm_sequence(*[t.long() for t in (x, zg, h0, c0, w)])
+    with pytest.raises(ValueError, match="shapes do not match"):
+        lstm_step(torch.zeros(3, 8), torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(8, 3))
+
+
+@cpp
+def test_bad_inputs_cpp_messages():
+    B, K, T, H = 2, 3, 4, 5
+    x, zg, h0, c0, w = make_sequence_inputs(B, K, T, H)
+    with pytest.raises(RuntimeError, match="weight_hh must be"):
+        torch.ops.fastvae.lstm_sequence_forward(x, zg, h0, c0, w[:, :2], False)
+    with pytest.raises(RuntimeError, match="h0 must be"):
+        torch.ops.fastvae.lstm_sequence_forward(x, zg, h0[:1], c0, w, False)
+    with pytest.raises(RuntimeError, match="share one dtype"):
+        torch.ops.fastvae.lstm_sequence_forward(x, zg, h0, c0.double(), w, False)
+    with pytest.raises(RuntimeError, match="input_gates must be"):
+        torch.ops.fastvae.lstm_step_forward(torch.zeros(3, 7), torch.zeros(3, 2), torch.zeros(3, 2),
+                                            torch.zeros(8, 2))
+
+
+# ------------------------------------------------------------------ GPU (skipped without CUDA)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float64, 1e-10)])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_sequence_matches_cpu(dtype, tol):
+    backend.require_cpp("cuda")
+    inputs = make_sequence_inputs(5, 3, 11, 32, dtype=dtype, requires_grad=True)
+    cuda_inputs = [t.detach().cuda().requires_grad_() for t in inputs]
+    h_cpu, c_cpu = lstm_sequence(*inputs)
+    h_gpu, c_gpu = lstm_sequence(*cuda_inputs)
+    assert_close(h_gpu.cpu(), h_cpu.detach(), tol, tol, "h_all")
+    assert_close(c_gpu.cpu(), c_cpu.detach(), tol, tol, "c_last")
+    grad = torch.randn_like(h_cpu)
+    h_cpu.backward(grad)
+    h_gpu.backward(grad.cuda())
+    for a, b in zip(inputs, cuda_inputs):
+        assert_close(b.grad.cpu(), a.grad, 10 * tol, 10 * tol, "grad")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_sequence_matches_cudnn_and_half():
+    backend.require_cpp("cuda")
+    B, T, E, H = 8, 20, 24, 32
+    lstm = torch.nn.LSTM(E, H, batch_first=True).cuda()
+    x = torch.randn(B, T, E, device="cuda")
+    h0 = torch.randn(1, B, H, device="cuda").tanh()
+    c0 = torch.randn(1, B, H, device="cuda")
+    want, (h_n, c_n) = lstm(x, (h0, c0))
+    input_gates = torch.nn.functional.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
+    zero = torch.zeros(B, 1, 4 * H, device="cuda")
+    got, c_last = lstm_sequence(input_gates, zero, h0[0, :, None], c0[0, :, None], lstm.weight_hh_l0)
+    assert_close(got[:, 0], want, 1e-4, 1e-3, "vs cuDNN")
+    assert_close(c_last[:, 0], c_n[0], 1e-4, 1e-3, "c_n vs cuDNN")
+    half = lstm_sequence(input_gates.half(), zero.half(), h0[0, :, None].half(), c0[0, :, None].half(),
+                         lstm.weight_hh_l0.half())[0]
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+    assert (half.float()[:, 0] - want).abs().max().item() < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_step_matches_cpu():
+    backend.require_cpp("cuda")
+    args = [torch.randn(9, 4 * 13), torch.randn(9, 13), torch.randn(9, 13), torch.randn(4 * 13, 13) * 0.2]
+    want = lstm_step(*args)
+    got = lstm_step(*[a.cuda() for a in args])
+    for g, w in zip(got, want):
+        assert_close(g.cpu(), w, 1e-5, 1e-4)
