@@ -7,6 +7,7 @@
   reparameterisation noise drawn for the global batch, so the only differences are float
   summation orders (per-shard means, the all-reduce): parameters agree to atol 2e-5 + rtol 1e-4.
 """
+import math
 import os
 import socket
 import tempfile
@@ -203,3 +204,87 @@ def test_bad_backend_choice():
         D.init_distributed("cpu", backend="nccl", env=env)
     with pytest.raises(ValueError, match="unknown distributed backend"):
         D.init_distributed("cpu", backend="mpi", env=env)
+
+
+# ----------------------------------------------------------------------------- the trainer on 2 ranks
+CORPUS = dict(seed=0, n_train=160, n_valid=40, n_test=24)
+TRAIN = dict(progress=False, verbose=False, iw_samples=2, eval_batch_size=16, batch_size=16, epochs=1, seed=7)
+CASES = [("vae", {"kl_start": 0.2, "warm_up": 1.0}), ("aggressive", {"max_inner_steps": 6, "inner_window": 2})]
+PARAM_TOL = dict(atol=2e-5, rtol=1e-4)
+
+
+def _no_dropout_config():
+    import dataclasses
+
+    from fastvae.models import get_config
+
+    return dataclasses.replace(get_config("tiny"), dropout_in=0.0, dropout_out=0.0)
+
+
+def _train(recipe, options, ctx=None):
+    from fastvae.data.builtin import grammar_corpus
+    from fastvae.training import Trainer
+
+    corpus = grammar_corpus(**CORPUS)
+    trainer = Trainer(None, corpus, recipe=recipe, config=_no_dropout_config(), distributed=ctx,
+                      **{**TRAIN, **options})
+    test = trainer.fit()
+    return trainer, corpus, test
+
+
+def _trainer_worker(ctx, seed):
+    from fastvae.data import make_batches  # noqa: F401  (imported before timing-sensitive work)
+
+    out = {}
+    for recipe, options in CASES:
+        trainer, corpus, test = _train(recipe, options, ctx)
+        out[recipe] = {"params": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
+                       "in_sync": D.parameters_in_sync(trainer.model, ctx), "test": test,
+                       "train": [r for r in trainer.history if r["split"] == "train"],
+                       "inner_steps": getattr(trainer.phase.policy, "inner_steps", 0)}
+    # whole-split evaluation over the union of both ranks' rows
+    trainer.model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    out["eval"] = D.distributed_evaluate(trainer.model, corpus.valid, ctx, batch_size=8, iw_samples=3,
+                                         generator=gen)
+    return out
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_process(fresh_seed):
+    from fastvae import functional as F
+    from fastvae.evaluation import posterior_stats
+
+    ranks = run_ranks(_trainer_worker, fresh_seed)
+    for recipe, options in CASES:
+        trainer, corpus, _ = _train(recipe, options)
+        single = trainer.model.state_dict()
+        for rank in ranks:
+            assert rank[recipe]["in_sync"]
+            for name, value in single.items():
+                torch.testing.assert_close(rank[recipe]["params"][name], value, **PARAM_TOL,
+                                           msg=lambda m: f"{recipe} {name}: {m}")
+        # the reduced training metrics are the global batch's (sums and counts, not means of means)
+        one = [r for r in trainer.history if r["split"] == "train"][0]
+        two = ranks[0][recipe]["train"][0]
+        for key in ("loss", "rec", "kl"):
+            assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-4), (recipe, key)
+        if recipe == "aggressive":  # the inner loop's stop rule read the same global window losses
+            assert ranks[0][recipe]["inner_steps"] == ranks[1][recipe]["inner_steps"] \
+                == trainer.phase.policy.inner_steps
+            assert two["aggressive"] == one["aggressive"]
+    # evaluation: identical on both ranks; whole-set statistics use the union of rows in split order
+    assert ranks[0]["eval"] == ranks[1]["eval"]
+    result = ranks[0]["eval"]
+    model = trainer.model.eval()  # the single-process aggressive model, equal to the ranks' within tolerance
+    model.load_state_dict(ranks[0]["aggressive"]["params"])
+    mu, logvar = posterior_stats(model, corpus.valid, batch_size=8)
+    assert result["num_sentences"] == len(corpus.valid) and result["num_tokens"] == corpus.valid.num_tokens()
+    seed = int(torch.randint(2 ** 62, (1,), generator=torch.Generator().manual_seed(fresh_seed)).item())
+    expected_mi = F.mutual_information(mu.float(), logvar.float(), generator=torch.Generator().manual_seed(seed))
+    assert result["mi"] == pytest.approx(float(expected_mi), rel=1e-5, abs=1e-5)
+    count, var = F.active_units(mu.float())
+    assert result["au"] == count
+    kl = F.kl_per_dim(mu.float(), logvar.float()).sum(1).mean()
+    assert result["kl"] == pytest.approx(float(kl), rel=1e-4, abs=1e-4)
+    assert all(math.isfinite(result[k]) for k in ("rec", "elbo", "nll", "ppl", "mi_batch"))
