@@ -21,6 +21,17 @@ from ..ops.lstm_sequence import lstm_sequence
 DEFAULT_MAX_LOGITS = 2**25
 
 
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _check_ids(what, ids, vocab_size):
+    if ids.numel():
+        low, high = (int(v) for v in torch.aminmax(ids))  # one host sync for both bounds
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"LSTMDecoder: {what} must be in [0, {vocab_size}), got values in [{low}, {high}]")
+
+
 class LSTMDecoder(nn.Module):
     """LSTMDecoder(vocab_size, emb_dim, hidden_dim, latent_dim, dropout_in=0.5, dropout_out=0.5)."""
 
@@ -69,9 +80,9 @@ class LSTMDecoder(nn.Module):
         B, T = inputs.shape
         if T == 0:
             raise ValueError("LSTMDecoder: inputs have 0 time steps; they must start with <s>")
-        if inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= self.vocab_size):
-            raise ValueError(f"LSTMDecoder: token ids must be in [0, {self.vocab_size}), got values in "
-                             f"[{int(inputs.min())}, {int(inputs.max())}]")
+        check_values = not _compiling()  # value checks read data: skipped while torch.compile traces
+        if check_values:
+            _check_ids("token ids", inputs, self.vocab_size)
         if not isinstance(z, torch.Tensor) or z.dim() not in (2, 3) or z.shape[0] != B \
                 or z.shape[-1] != self.latent_dim:
             raise ValueError(f"LSTMDecoder: z must be [batch={B}, latent_dim={self.latent_dim}] or "
@@ -89,9 +100,11 @@ class LSTMDecoder(nn.Module):
                                  + (f"{lengths.dtype} of shape {tuple(lengths.shape)}"
                                     if isinstance(lengths, torch.Tensor) else type(lengths).__name__))
             # T + 1 accepts Batch.lengths (tokens incl. </s>) for decoder inputs tokens[:, :-1].
-            if B and (int(lengths.min()) < 1 or int(lengths.max()) > T + 1):
-                raise ValueError(f"LSTMDecoder: lengths must be in [1, {T + 1}] for inputs of {T} steps, got "
-                                 f"values in [{int(lengths.min())}, {int(lengths.max())}]")
+            if check_values and B:
+                low, high = (int(v) for v in torch.aminmax(lengths))
+                if low < 1 or high > T + 1:
+                    raise ValueError(f"LSTMDecoder: lengths must be in [1, {T + 1}] for inputs of {T} steps, got "
+                                     f"values in [{low}, {high}]")
 
     # ------------------------------------------------------------------ the recurrence
     def _input_gates(self, inputs):
@@ -134,9 +147,8 @@ class LSTMDecoder(nn.Module):
             raise ValueError(f"LSTMDecoder: targets must be a LongTensor shaped like inputs {tuple(inputs.shape)}, got "
                              + (f"{targets.dtype} of shape {tuple(targets.shape)}"
                                 if isinstance(targets, torch.Tensor) else type(targets).__name__))
-        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= self.vocab_size):
-            raise ValueError(f"LSTMDecoder: target ids must be in [0, {self.vocab_size}), got values in "
-                             f"[{int(targets.min())}, {int(targets.max())}]")
+        if not _compiling():
+            _check_ids("target ids", targets, self.vocab_size)
         if max_logits < 1:
             raise ValueError(f"LSTMDecoder: max_logits must be positive, got {max_logits}")
         B, T = inputs.shape
@@ -156,7 +168,9 @@ class LSTMDecoder(nn.Module):
             zc = z3[:, start:start + chunk]
             kc = zc.shape[1]
             logits = self.output(self.dropout_out(self._hidden_states(input_gates, zc)))  # [B, kc, T, V]
-            nll = F.cross_entropy(logits.reshape(-1, self.vocab_size).float(),
+            if logits.dtype in (torch.float16, torch.bfloat16):
+                logits = logits.float()  # log-softmax over a large vocabulary in float32
+            nll = F.cross_entropy(logits.reshape(-1, self.vocab_size),
                                   targets.unsqueeze(1).expand(B, kc, T).reshape(-1), reduction="none")
             pieces.append(-(nll.view(B, kc, T) * mask.unsqueeze(1)).sum(-1))
         out = torch.cat(pieces, dim=1)

@@ -99,6 +99,12 @@ def _check_step(input_gates, h, c, weight_hh):
 
 
 # ------------------------------------------------------------------ public entry points
+@torch._dynamo.assume_constant_result
+def _select(op_name: str, device_type: str) -> str:
+    """backend.select, evaluated once at trace time when torch.compile traces a caller."""
+    return backend.select(op_name, device_type)
+
+
 def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
@@ -110,7 +116,7 @@ def lstm_sequence(input_gates, sample_gates, h0, c0, weight_hh):
     needed, and its backward skips the gradients autograd does not ask for (no weight-gradient GEMM
     when weight_hh needs none, e.g. while only the encoder is trained)."""
     _check_sequence(input_gates, sample_gates, h0, c0, weight_hh)
-    if backend.select(SEQUENCE_OP, input_gates.device) == "cpp":
+    if _select(SEQUENCE_OP.name, input_gates.device.type) == "cpp":
         save = _needs_grad(input_gates, sample_gates, h0, c0, weight_hh)
         h_all, c_last, _, _ = torch.ops.fastvae.lstm_sequence_forward(input_gates, sample_gates, h0, c0, weight_hh,
                                                                       save)
@@ -121,7 +127,7 @@ def lstm_sequence(input_gates, sample_gates, h0, c0, weight_hh):
 def lstm_step(input_gates, h, c, weight_hh):
     """One LSTM step on the selected backend -> (h_new, c_new); differentiable in every argument."""
     _check_step(input_gates, h, c, weight_hh)
-    if backend.select(STEP_OP, h.device) == "cpp":
+    if _select(STEP_OP.name, h.device.type) == "cpp":
         h_new, c_new, _ = torch.ops.fastvae.lstm_step_forward(input_gates, h, c, weight_hh)
         return h_new, c_new
     return lstm_step_reference(input_gates, h, c, weight_hh)
