@@ -1,0 +1,426 @@
+"""The papers' protocol, run with fastvae, printed beside the published figures.
+
+    python benchmarks/reproduce.py --data DIR --config yahoo --recipe all --budget full
+    python benchmarks/reproduce.py --data ../shared/data/yelp --config ptb --budget small     # CPU, reduced
+    python benchmarks/reproduce.py --config tiny --budget small --device cuda --out DIR          # built-in corpus
+
+Protocol (recipes.md): the config's model sizes, SGD with the recipe's learning rate, clip 5, separate
+encoder/decoder optimisers, decay-on-plateau with best-checkpoint reload, the recipe's KL schedule, and
+the test split evaluated with the best-validation checkpoint: IW-NLL with K samples, KL, both MI
+estimators (per batch as He et al. report it, whole split), active units, PPL, and a linear probe on mu
+when the data has labels. Every run goes through `fastvae.Trainer` (and its `fastvae.evaluate`).
+
+Data (`--data DIR`):
+- `train.txt`, `valid.txt`, `test.txt` (one sentence per line, optionally `label<TAB>text`), or
+- the Yelp sentiment layout `sentiment.{train,dev,test}.{0,1}` (the label is the file suffix). When only
+  the `dev` files exist (as in ../shared/data/yelp), their sentences are shuffled with the seed and split
+  80/10/10 into train/valid/test. The labelled files are written to `<out>/data/` (never into the repo).
+- no `--data`: the built-in grammar corpus (labelled with its topic factor).
+
+Budgets (`--budget`): `full` is the protocol (all sentences, 100 epochs, 10-epoch warm-ups, K=500);
+`medium` and `small` cap the sentences and epochs for a CPU and shorten the recipes' warm-up (and the
+pretraining phase) in proportion, so the schedules complete within the run and the collapse/no-collapse
+contrast still shows. `--epochs`, `--max-train`, `--max-eval`, `--iw-samples`, `--max-vocab` override one
+value of the budget. The budget used is printed and written with the results.
+
+Output: `<out>/reproduce.json` and `<out>/reproduce.md` (rewritten after every recipe, so a stopped run
+still leaves its table), one run directory per recipe (`<out>/<recipe>/`: config.json, metrics.jsonl,
+best.pt, training.png). With `--table PATH` the markdown table is also written there (for example
+benchmarks/results/reproduce-yelp-cpu.md).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import random
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+CONFIGS = ("ptb", "yahoo", "yelp", "tiny", "synthetic")
+PAPER_RECIPES = ("vae", "beta", "cyclical", "aggressive", "pretrain-fb")
+ALL_RECIPES = PAPER_RECIPES + ("lm",)
+REMEDIES = ("beta", "cyclical", "aggressive", "pretrain-fb")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    name: str
+    max_train: int | None  # training sentences (None: all)
+    max_eval: int | None  # validation and test sentences each (None: all)
+    epochs: int
+    warm_up: float | None  # KL warm-up epochs of aggressive / pretrain-fb (None: the recipe's 10)
+    pretrain_epochs: int | None  # pretrain-fb's phase-1 epochs (None: as many as `epochs`)
+    iw_samples: int
+    max_vocab: int | None
+
+
+BUDGETS = {
+    "small": Budget("small", max_train=10000, max_eval=1000, epochs=5, warm_up=2.0, pretrain_epochs=2,
+                    iw_samples=100, max_vocab=10000),
+    "medium": Budget("medium", max_train=50000, max_eval=3000, epochs=15, warm_up=5.0, pretrain_epochs=5,
+                     iw_samples=500, max_vocab=None),
+    "full": Budget("full", max_train=None, max_eval=None, epochs=100, warm_up=None, pretrain_epochs=None,
+                   iw_samples=500, max_vocab=None),
+}
+
+# Published figures (recipes.md, "Published figures": He et al., ICLR 2019, Table 1):
+# IW-500 NLL per sentence / KL / MI (per-batch estimator). The LM's NLL is exact.
+PUBLISHED = {
+    "yahoo": {"vae": (328.6, 0.0, 0.0), "beta": (328.5, 3.8, 2.2), "sa-vae": (327.4, 3.5, 1.9),
+              "aggressive": (326.6, 6.7, 3.2), "lm": (328.1, None, None)},
+    "yelp15": {"vae": (358.1, 0.0, 0.0), "beta": (358.8, 4.0, 1.8), "sa-vae": (355.9, 2.3, 1.3),
+               "aggressive": (355.9, 3.7, 2.3), "lm": (357.3, None, None)},
+}
+PUBLISHED_LABELS = {"vae": "VAE + anneal", "beta": "beta-VAE 0.4", "sa-vae": "SA-VAE + anneal",
+                    "aggressive": "aggressive + anneal", "lm": "LSTM-LM (exact)"}
+PUBLISHED_SOURCE = "He et al. (ICLR 2019, submission version), Table 1, as quoted in recipes.md"
+TRAINING_TIME_PUBLISHED = {"yahoo": {"aggressive": 2.20, "sa-vae": 9.9}, "yelp15": {"aggressive": 3.73, "sa-vae": 10.3}}
+DEFAULT_PUBLISHED = {"yahoo": "yahoo", "yelp": "yelp15", "ptb": "none", "tiny": "none", "synthetic": "none"}
+PUBLISHED_CAVEAT = {
+    ("yelp", "yelp15"): "published figures are He et al.'s Yelp15 (long reviews, the yahoo-size model); the yelp "
+                        "config and ../shared/data/yelp are short sentences: compare the pattern (collapse or "
+                        "not, KL, MI), not the NLL values",
+}
+
+
+# ----------------------------------------------------------------------------- arguments
+def parse_recipes(text: str) -> list[str]:
+    if text in ("all", "paper"):
+        return list(PAPER_RECIPES) + (["lm"] if text == "all" else [])
+    names = [r.strip() for r in text.split(",") if r.strip()]
+    if not names:
+        raise ValueError("--recipe is empty: give a comma-separated list, 'paper' or 'all'")
+    unknown = [r for r in names if r not in ALL_RECIPES]
+    if unknown:
+        raise ValueError(f"unknown recipe(s) {', '.join(unknown)}: expected names among {', '.join(ALL_RECIPES)}, "
+                         f"'paper' or 'all'")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--recipe lists a recipe twice: {text!r}")
+    return names
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Run the papers' protocol with fastvae and print it beside the "
+                                            "published figures (see the module docstring)")
+    p.add_argument("--data", default=None, help="corpus folder (train/valid/test.txt, or Yelp sentiment.*.0/1); "
+                                                 "default: the built-in grammar corpus")
+    p.add_argument("--config", choices=CONFIGS, default="ptb", help="model sizes (recipes.md)")
+    p.add_argument("--recipe", default="paper", help="comma-separated recipes, 'paper' (vae,beta,cyclical,"
+                                                      "aggressive,pretrain-fb) or 'all' (paper + lm)")
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="full")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="override the budget's epochs")
+    p.add_argument("--max-train", type=_positive_int, default=None, help="override the budget's training sentences")
+    p.add_argument("--max-eval", type=_positive_int, default=None, help="override the budget's valid/test sentences")
+    p.add_argument("--iw-samples", type=_positive_int, default=None, help="override the budget's IW samples K")
+    p.add_argument("--max-vocab", type=_positive_int, default=None, help="override the budget's vocabulary cap")
+    p.add_argument("--published", choices=["auto", "yahoo", "yelp15", "none"], default="auto",
+                   help="which published column to print (auto: from --config)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output folder (default runs/reproduce-<config>-<budget>)")
+    p.add_argument("--table", default=None, help="also write the markdown table to this path")
+    p.add_argument("--progress", action="store_true", help="show the trainer's progress bars")
+    return p
+
+
+def resolve_args(argv=None):
+    """Parsed arguments, the budget with overrides applied, the recipe list; clear errors for bad input."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        recipes = parse_recipes(args.recipe)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.data is not None and not os.path.isdir(args.data):
+        parser.error(f"--data {args.data!r}: no such folder (expected train/valid/test.txt or Yelp sentiment.*.0/1)")
+    budget = BUDGETS[args.budget]
+    overrides = {"epochs": args.epochs, "max_train": args.max_train, "max_eval": args.max_eval,
+                 "iw_samples": args.iw_samples, "max_vocab": args.max_vocab}
+    budget = dataclasses.replace(budget, **{k: v for k, v in overrides.items() if v is not None})
+    if budget.pretrain_epochs is not None and budget.pretrain_epochs > budget.epochs:
+        budget = dataclasses.replace(budget, pretrain_epochs=budget.epochs)
+    published = DEFAULT_PUBLISHED[args.config] if args.published == "auto" else args.published
+    out = args.out or os.path.join("runs", f"reproduce-{args.config}-{budget.name}")
+    return args, budget, recipes, published, out
+
+
+# ----------------------------------------------------------------------------- data
+YELP_SPLITS = ("train", "dev", "test")
+
+
+def find_layout(directory: str) -> str:
+    """'plain' (train/valid/test.txt) or 'yelp' (sentiment.<split>.<label>); clear error otherwise."""
+    names = set(os.listdir(directory))
+    if {"train.txt", "valid.txt", "test.txt"} <= names:
+        return "plain"
+    if any(n.startswith("sentiment.") and n.rsplit(".", 1)[-1].isdigit() for n in names):
+        return "yelp"
+    missing = sorted({"train.txt", "valid.txt", "test.txt"} - names)
+    raise ValueError(f"{directory}: neither train.txt/valid.txt/test.txt (missing {', '.join(missing)}) nor Yelp "
+                     f"sentiment.<train|dev|test>.<label> files")
+
+
+def _read_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as handle:
+        return [line.strip() for line in handle if line.strip()]
+
+
+def read_yelp(directory: str) -> dict[str, list[tuple[int, str]]]:
+    """{split: [(label, sentence)]} from sentiment.<split>.<label> files (label = the file suffix)."""
+    found: dict = {}
+    for name in sorted(os.listdir(directory)):
+        parts = name.split(".")
+        if len(parts) != 3 or parts[0] != "sentiment" or not parts[2].isdigit():
+            continue
+        if parts[1] not in YELP_SPLITS:
+            raise ValueError(f"{os.path.join(directory, name)}: unknown split {parts[1]!r} (expected "
+                             f"{', '.join(YELP_SPLITS)})")
+        found.setdefault(parts[1], []).extend((int(parts[2]), s) for s in _read_lines(os.path.join(directory, name)))
+    if not found:
+        raise ValueError(f"{directory}: no sentiment.<split>.<label> files")
+    return found
+
+
+def split_sentences(rows: list, seed: int, max_train=None, max_eval=None, *, splits=None) -> dict[str, list]:
+    """train/valid/test lists: `splits` given (a dict with train/dev/test) are capped; otherwise `rows` are
+    shuffled with `seed` and split 80/10/10, then capped."""
+    rng = random.Random(seed)
+    if splits is None:
+        rows = list(rows)
+        rng.shuffle(rows)
+        n = len(rows)
+        if n < 3:
+            raise ValueError(f"too few sentences to split into train/valid/test: {n}")
+        n_eval = max(1, n // 10)
+        splits = {"test": rows[:n_eval], "valid": rows[n_eval:2 * n_eval], "train": rows[2 * n_eval:]}
+    else:
+        splits = {k: list(v) for k, v in splits.items()}
+        for v in splits.values():
+            rng.shuffle(v)
+    caps = {"train": max_train, "valid": max_eval, "test": max_eval}
+    return {k: (splits[k][:caps[k]] if caps[k] else splits[k]) for k in ("train", "valid", "test")}
+
+
+def prepare_data(directory: str | None, out: str, budget: Budget, seed: int) -> tuple[str | None, dict]:
+    """(folder with train/valid/test.txt for fastvae.data.load_corpus, or None for the built-in corpus;
+    a description of what was read)."""
+    if directory is None:
+        return None, {"source": "built-in grammar corpus"}
+    layout = find_layout(directory)
+    data_dir = os.path.join(out, "data")
+    os.makedirs(data_dir, exist_ok=True)
+    if layout == "yelp":
+        found = read_yelp(directory)
+        if {"train", "test"} <= set(found):
+            splits = split_sentences([], seed, budget.max_train, budget.max_eval,
+                                     splits={"train": found["train"], "valid": found.get("dev", []),
+                                             "test": found["test"]})
+            how = "sentiment.train/dev/test"
+        else:
+            rows = [r for split in found.values() for r in split]
+            splits = split_sentences(rows, seed, budget.max_train, budget.max_eval)
+            how = f"sentiment.{'/'.join(sorted(found))} shuffled (seed {seed}) and split 80/10/10"
+        for name, rows in splits.items():
+            with open(os.path.join(data_dir, f"{name}.txt"), "w", encoding="utf-8") as handle:
+                handle.writelines(f"{label}\t{text}\n" for label, text in rows)
+    else:
+        splits = {}
+        for name in ("train", "valid", "test"):
+            lines = _read_lines(os.path.join(directory, f"{name}.txt"))
+            splits[name] = lines
+        capped = split_sentences([], seed, budget.max_train, budget.max_eval, splits=splits) \
+            if (budget.max_train or budget.max_eval) else splits
+        if capped is splits:
+            return directory, {"source": os.path.abspath(directory), "layout": "train/valid/test.txt",
+                               "sentences": {k: len(v) for k, v in splits.items()}}
+        splits = capped
+        how = f"train/valid/test.txt, capped at random (seed {seed})"
+        for name, rows in splits.items():
+            with open(os.path.join(data_dir, f"{name}.txt"), "w", encoding="utf-8") as handle:
+                handle.writelines(f"{line}\n" for line in rows)
+    return data_dir, {"source": os.path.abspath(directory), "layout": how,
+                      "sentences": {k: len(v) for k, v in splits.items()}}
+
+
+def load_data(data_dir: str | None, budget: Budget):
+    from fastvae.data import BUILTIN_CORPORA, load_corpus
+
+    if data_dir is None:
+        return BUILTIN_CORPORA["grammar"]()
+    return load_corpus(data_dir, max_vocab=budget.max_vocab)
+
+
+# ----------------------------------------------------------------------------- runs
+def recipe_options(recipe: str, budget: Budget) -> dict:
+    """The recipe's options under the budget (none under `full`: the protocol's defaults)."""
+    options = {}
+    if budget.warm_up is not None and recipe in ("aggressive", "pretrain-fb"):
+        options["warm_up"] = budget.warm_up
+    if budget.pretrain_epochs is not None and recipe == "pretrain-fb":
+        options["pretrain_epochs"] = budget.pretrain_epochs
+    return options
+
+
+def run_recipe(recipe: str, corpus, args, budget: Budget, out: str, corpus_info: dict) -> dict:
+    from fastvae.training import Trainer
+
+    options = recipe_options(recipe, budget)
+    start = time.perf_counter()
+    trainer = Trainer(None, corpus, recipe=recipe, out_dir=os.path.join(out, recipe), config=args.config,
+                      epochs=budget.epochs, iw_samples=budget.iw_samples, device=args.device, seed=args.seed,
+                      progress=args.progress, corpus_info=corpus_info, recipe_options=options)
+    test = trainer.fit()
+    seconds = time.perf_counter() - start
+    train_seconds = sum(r.get("seconds", 0.0) for r in trainer.history if r.get("split") == "train")
+    return {"recipe": recipe, "options": options, "test": test, "best_epoch": trainer.best_epoch,
+            "seconds": seconds, "train_seconds": train_seconds, "stopped_reason": trainer.stopped_reason,
+            "epochs_run": sum(1 for r in trainer.history if r.get("split") == "train")}
+
+
+# ----------------------------------------------------------------------------- the table
+def _num(value, digits=2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def published_cells(recipe: str, published: str) -> str:
+    if published == "none":
+        return "-"
+    row = PUBLISHED[published].get(recipe)
+    if row is None:
+        return "not published"
+    nll, kl, mi = row
+    return f"{nll:.1f}" if kl is None else f"{nll:.1f} / {kl:.1f} / {mi:.1f}"
+
+
+def collapse_verdict(result: dict) -> str:
+    test = result["test"]
+    if "au" not in test:
+        return "n/a (language model)"
+    au = int(test["au"])
+    return "collapsed (AU 0)" if au == 0 else f"{au} active units"
+
+
+def render_table(runs: list[dict], *, config: str, published: str, budget: Budget, data_info: dict,
+                 device: str, iw_samples: int, status: str = "finished") -> str:
+    """The markdown table: our test metrics per recipe beside the published ones, then the verdict."""
+    pub_title = {"yahoo": "Yahoo", "yelp15": "Yelp15"}.get(published)
+    head = ("| recipe | NLL (IW-{k}) | KL | MI per batch | MI whole split | AU | PPL | probe acc | epochs | "
+            "train time | verdict | published NLL / KL / MI{p} |").format(
+        k=iw_samples, p=f" ({pub_title})" if pub_title else "")
+    lines = [head, "|" + "---|" * 12]
+    for r in runs:
+        t = r["test"]
+        lines.append(" | ".join([
+            f"| `{r['recipe']}`", _num(t.get("nll")), _num(t.get("kl")), _num(t.get("mi_batch")), _num(t.get("mi")),
+            _num(int(t["au"]) if "au" in t else None), _num(t.get("ppl")), _num(t.get("probe_acc"), 3),
+            str(r.get("epochs_run", "-")), f"{r.get('train_seconds', 0.0) / 60:.1f} min", collapse_verdict(r),
+            published_cells(r["recipe"], published) + " |"]))
+    notes = [f"Budget `{budget.name}`: {budget.max_train or 'all'} training sentences, {budget.max_eval or 'all'} "
+             f"valid/test sentences, {budget.epochs} epochs, KL warm-up "
+             f"{budget.warm_up if budget.warm_up is not None else 10} epochs (aggressive, pretrain-fb), pretraining "
+             f"{budget.pretrain_epochs or budget.epochs} epochs, IW samples {iw_samples}, vocabulary cap "
+             f"{budget.max_vocab or 'none'}. Model config `{config}`, device {device}. Run status: {status}.",
+             f"Data: {data_info.get('source')} ({data_info.get('layout', '')}; sentences "
+             f"{data_info.get('sentences', 'built-in')}).",
+             "MI per batch: He et al.'s estimator (batches of the evaluation batch size, capped near log B); MI whole "
+             "split: the aggregate posterior over the whole test split. `vae` is the plain recipe (KL weight 1 "
+             "throughout); the published `vae` row is He et al.'s VAE + anneal."]
+    if published != "none":
+        notes.append(f"Published: {PUBLISHED_SOURCE}.")
+        caveat = PUBLISHED_CAVEAT.get((config, published))
+        if caveat:
+            notes.append(f"Caveat: {caveat}.")
+    verdict = summary_line(runs)
+    if verdict:
+        notes.append(verdict)
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def summary_line(runs: list[dict]) -> str | None:
+    by = {r["recipe"]: r for r in runs if "au" in r["test"]}
+    if "vae" not in by:
+        return None
+    vae_au = int(by["vae"]["test"]["au"])
+    remedies = [(name, int(by[name]["test"]["au"])) for name in REMEDIES if name in by]
+    keeping = [f"`{n}` ({au})" for n, au in remedies if au > 0]
+    losing = [f"`{n}`" for n, au in remedies if au == 0]
+    text = f"Contrast: `vae` {'collapsed (AU 0)' if vae_au == 0 else f'kept {vae_au} active units (no collapse)'}"
+    if remedies:
+        text += f"; remedies keeping active units: {', '.join(keeping) if keeping else 'none'}"
+        if losing:
+            text += f"; remedies that collapsed too: {', '.join(losing)}"
+    return text + "."
+
+
+def write_outputs(out: str, table: str, payload: dict, extra_table: str | None) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "reproduce.json"), "w") as handle:
+        json.dump(payload, handle, indent=1, default=str)
+    title = f"# Reproduction: config {payload['config']}, budget {payload['budget']['name']}\n\n"
+    for path in [os.path.join(out, "reproduce.md")] + ([extra_table] if extra_table else []):
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        with open(path, "w") as handle:
+            handle.write(title + f"Command: `{payload['command']}`\n\n" + table)
+
+
+def main(argv=None) -> int:
+    args, budget, recipes, published, out = resolve_args(argv)
+    os.makedirs(out, exist_ok=True)
+    data_dir, data_info = prepare_data(args.data, out, budget, args.seed)
+    corpus = load_data(data_dir, budget)
+    corpus_info = {"data": os.path.abspath(data_dir)} if data_dir else {"builtin": "grammar"}
+    if budget.max_vocab and data_dir:
+        corpus_info["max_vocab"] = budget.max_vocab
+    command = "python benchmarks/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    payload = {"command": command, "config": args.config, "budget": dataclasses.asdict(budget), "recipes": recipes,
+               "published": published, "data": data_info, "device": args.device, "seed": args.seed,
+               "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "load_average_start": list(os.getloadavg()), "vocab_size": len(corpus.vocab), "runs": []}
+    print(f"reproduce: config {args.config}, recipes {', '.join(recipes)}, budget {budget}, data {data_info}, "
+          f"vocabulary {len(corpus.vocab)}, out {out}", flush=True)
+    status = "finished"
+    for i, recipe in enumerate(recipes):
+        print(f"\n=== {recipe} ({i + 1}/{len(recipes)}) ===", flush=True)
+        try:
+            payload["runs"].append(run_recipe(recipe, corpus, args, budget, out, corpus_info))
+        except KeyboardInterrupt:
+            status = f"interrupted during {recipe}"
+            break
+        done = status if i + 1 == len(recipes) else f"running ({i + 1}/{len(recipes)} recipes done)"
+        table = render_table(payload["runs"], config=args.config, published=published, budget=budget,
+                             data_info=data_info, device=args.device, iw_samples=budget.iw_samples, status=done)
+        payload["load_average_now"] = list(os.getloadavg())
+        write_outputs(out, table, payload, args.table)
+    table = render_table(payload["runs"], config=args.config, published=published, budget=budget,
+                         data_info=data_info, device=args.device, iw_samples=budget.iw_samples, status=status)
+    payload["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    payload["status"] = status
+    write_outputs(out, table, payload, args.table)
+    print("\n" + table, flush=True)
+    return 0 if status == "finished" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
