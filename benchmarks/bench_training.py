@@ -13,6 +13,8 @@ set the issue's reference figures were measured on), batches of identical length
 One round = `steps` outer training steps (the host syncs once per round on a GPU). The aggressive
 recipe runs a fixed 15 encoder sub-steps + 1 decoder step per outer step (one stop-rule window, so
 both providers do the same work); its tokens are counted per forward pass (16 per outer step).
+`aggressive-substeps` times the 15 encoder sub-steps alone (fastvae: the policy's `encoder_inner_loop`,
+decoder weights frozen so backward skips their gradients; baseline: full forward + backward each).
 extra_info carries provider/shape/device plus items_per_round and flops_per_round (the workload's
 GEMM FLOPs, floor.py's model) from which run_all.py derives tokens/s and the fraction of the floor.
 """
@@ -39,6 +41,8 @@ WORDS = 10
 VOCAB = 6300
 SUBSTEPS = 15  # aggressive encoder sub-steps per outer step (one stop-rule window)
 RECIPES = ["lm", "vae", "beta", "cyclical", "aggressive", "pretrain-fb"]
+# the aggressive encoder sub-steps alone (issue 5's per-sub-step target): SUBSTEPS encoder-only steps per round
+SUBSTEP_WORKLOAD = "aggressive-substeps"
 CONFIGS = ["ptb", "yahoo"]
 PROVIDERS = ["baseline", "fastvae"]
 # outer steps per round and rounds, per size (CPU figures are slow; a GPU gets more of both)
@@ -78,6 +82,8 @@ def flops_per_outer_step(config: str, recipe: str) -> tuple[int, int]:
     if recipe == "aggressive":
         flops = tokens * (SUBSTEPS * work.encoder_substep_flops_per_token() + work.train_flops_per_token())
         return tokens * (SUBSTEPS + 1), flops
+    if recipe == SUBSTEP_WORKLOAD:
+        return tokens * SUBSTEPS, tokens * SUBSTEPS * work.encoder_substep_flops_per_token()
     return tokens, tokens * work.train_flops_per_token()
 
 
@@ -101,14 +107,17 @@ def baseline_stepper(config: str, recipe: str):
         if recipe == "cyclical":  # Fu et al.'s paper form over 4 cycles of the benchmark's steps
             period = max(per_epoch, 1)
             return min(1.0, (state["step"] % period) / (period * 0.5))
-        if recipe in ("aggressive", "pretrain-fb"):
-            return min(1.0, (0.1 if recipe == "aggressive" else 0.0) + state["step"] / (10 * per_epoch))
+        if recipe in ("aggressive", SUBSTEP_WORKLOAD, "pretrain-fb"):
+            return min(1.0, (0.0 if recipe == "pretrain-fb" else 0.1) + state["step"] / (10 * per_epoch))
         return 1.0
 
     def step():
         tokens = batches[state["position"] % per_epoch]
         if recipe == "lm":
             trainer.lm_step(tokens)
+        elif recipe == SUBSTEP_WORKLOAD:
+            picks = torch.randint(per_epoch, (SUBSTEPS - 1,), generator=gen).tolist()
+            trainer.encoder_substeps(tokens, kl_weight(), [batches[i] for i in picks], window=SUBSTEPS)
         elif recipe == "aggressive":
             picks = torch.randint(per_epoch, (SUBSTEPS - 1,), generator=gen).tolist()
             trainer.aggressive_step(tokens, kl_weight(), [batches[i] for i in picks], window=SUBSTEPS)
@@ -126,6 +135,8 @@ def fastvae_stepper(config: str, recipe: str):
     """The recipe's step exactly as fastvae.Trainer runs it inside an epoch (its policy on the trainer)."""
     from fastvae.training import Trainer
 
+    substeps_only = recipe == SUBSTEP_WORKLOAD
+    recipe = "aggressive" if substeps_only else recipe
     options = {"max_inner_steps": SUBSTEPS, "inner_window": SUBSTEPS} if recipe == "aggressive" else {}
     trainer = Trainer(None, bench_corpus(), recipe=recipe, config=config, epochs=10, device=DEVICE, out_dir=None,
                       iw_samples=0, progress=False, verbose=False, batch_size=BATCH, **options)
@@ -140,8 +151,11 @@ def fastvae_stepper(config: str, recipe: str):
     def step():
         nonlocal sums
         batch = batches[trainer.position % len(batches)].to(trainer.device)
-        stats = phase.policy.step(trainer, batch, phase.schedule(trainer.step))
-        sums = sums + stats["loss_sum"]  # the trainer accumulates on the device too
+        if substeps_only:  # the policy's own inner loop (encoder-only steps, the decoder frozen)
+            phase.policy.encoder_inner_loop(trainer, batch, phase.schedule(trainer.step))
+        else:
+            stats = phase.policy.step(trainer, batch, phase.schedule(trainer.step))
+            sums = sums + stats["loss_sum"]  # the trainer accumulates on the device too
         trainer.position += 1
         trainer.step += 1
 
@@ -157,12 +171,14 @@ def _param(config, recipe):
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("config,recipe", [_param(c, r) for c in CONFIGS for r in RECIPES])
+@pytest.mark.parametrize("config,recipe", [_param(c, r) for c in CONFIGS for r in RECIPES + [SUBSTEP_WORKLOAD]])
 def test_training_throughput(benchmark, config, recipe, provider):
     step = STEPPERS[provider](config, recipe)
-    steps = 1 if recipe == "aggressive" else STEPS[config]
+    steps = 1 if recipe in ("aggressive", SUBSTEP_WORKLOAD) else STEPS[config]
     tokens, flops = flops_per_outer_step(config, recipe)
-    shape = f"{config} B={BATCH} T={WORDS + 1} V={VOCAB}" + (f" substeps={SUBSTEPS}" if recipe == "aggressive" else "")
+    shape = f"{config} B={BATCH} T={WORDS + 1} V={VOCAB}"
+    if recipe in ("aggressive", SUBSTEP_WORKLOAD):
+        shape += f" substeps={SUBSTEPS}"
     benchmark.group = f"train {recipe} {shape}"
     benchmark.extra_info.update(provider=provider, shape=shape, device=DEVICE_NAME, suite="training", config=config,
                                 recipe=recipe, item="tokens", items_per_round=tokens * steps,

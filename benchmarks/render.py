@@ -165,8 +165,8 @@ def suite_status(result: dict) -> str:
     return "Suites: " + ", ".join(parts) + "." if parts else "Suites: none ran."
 
 
-def readme_block(results: list[dict], results_dir: str) -> str:
-    rel = os.path.relpath(results_dir, ROOT)
+def readme_block(results: list[dict], results_dir: str, readme_dir: str = ROOT) -> str:
+    rel = os.path.relpath(results_dir, readme_dir)
     out = [START, "",
            "Each figure is measured side by side with a plain-PyTorch baseline written like the reference code "
            "(nn.LSTM, eager losses, a `.item()` per step, full backward in every aggressive sub-step, IW-NLL one "
@@ -246,7 +246,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args(argv)
     results = load_results(args.results)
-    block = readme_block(results, args.results)
+    block = readme_block(results, args.results, os.path.dirname(os.path.abspath(args.readme)))
     with open(args.readme) as handle:
         text = handle.read()
     try:

@@ -173,6 +173,16 @@ class ReferenceTrainer:
     def aggressive_step(self, tokens, kl_weight, sub_batches, window=15):
         """He et al.'s outer step: encoder-only sub-steps on the outer batch then on `sub_batches`, a stop
         check every `window` sub-steps, then one decoder-only step on the outer batch."""
+        self.encoder_substeps(tokens, kl_weight, sub_batches, window)
+        self._zero()
+        loss, _, _ = self.model.loss(tokens, kl_weight)
+        self.report_loss += loss.sum().item()
+        self._backward(loss)
+        self.dec_opt.step()
+
+    def encoder_substeps(self, tokens, kl_weight, sub_batches, window=15):
+        """The inner loop alone: each sub-step a full forward + backward (decoder gradients computed and
+        discarded), clip over all parameters, encoder step, `.item()` of the loss."""
         previous, window_loss, window_words = 1e4, 0.0, 0
         for sub, batch in enumerate([tokens] + list(sub_batches), start=1):
             self._zero()
@@ -186,11 +196,6 @@ class ReferenceTrainer:
                 if previous - current < 0:
                     break
                 previous, window_loss, window_words = current, 0.0, 0
-        self._zero()
-        loss, _, _ = self.model.loss(tokens, kl_weight)
-        self.report_loss += loss.sum().item()
-        self._backward(loss)
-        self.dec_opt.step()
 
 
 # ----------------------------------------------------------------------------- benchmark text
