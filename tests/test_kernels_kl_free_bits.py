@@ -29,13 +29,18 @@ def posterior(batch, dims, dtype=torch.float32, kind="normal", layout="contiguou
 
 
 def target_for(mu, logvar):
-    """A free-bits target that masks some rows (and elements) but not all: halfway between two
-    middle per-row KLs, so no row sits on the threshold (a tie would depend on rounding)."""
-    rows = K.kl_per_dim_reference(mu.double(), logvar.double()).sum(dim=1).sort().values
+    """A target that masks some rows (and elements) but not all, far from every row (see separating_target)."""
+    return separating_target(K.kl_per_dim_reference(mu.double(), logvar.double()).sum(dim=1))
+
+def separating_target(row_kl: torch.Tensor) -> float:
+    """A free-bits target between two per-row KLs, at the widest relative gap, so some rows are
+    masked and some kept, and no float32 rounding can move a row across it."""
+    rows = row_kl.double().sort().values
     if rows.numel() == 1:
         return 0.5 * float(rows[0])
-    middle = rows.numel() // 2
-    return 0.5 * float(rows[middle - 1] + rows[middle])
+    gaps = (rows[1:] - rows[:-1]) / rows[1:].abs().clamp_min(1.0)
+    at = int(gaps.argmax())
+    return 0.5 * float(rows[at] + rows[at + 1])
 
 
 def run_kernel(mu, logvar, target, mode, upstream=2.5):
