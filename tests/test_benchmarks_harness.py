@@ -348,3 +348,23 @@ def test_main_on_a_tiny_fake_run(tmp_path, monkeypatch):
     assert md == (out / "reproduce.md").read_text()
     assert "Run status: finished" in md and "`vae` collapsed (AU 0)" in md and "355.9 / 3.7 / 2.3" in md
     assert math.isfinite(payload["runs"][0]["test"]["nll"])
+
+
+@pytest.mark.slow
+def test_reproduce_real_tiny_run(tmp_path):
+    """reproduce.py end to end through fastvae.Trainer on the built-in corpus, one epoch, tiny model."""
+    for layer in ("fastvae.data", "fastvae.models", "fastvae.evaluation"):
+        pytest.importorskip(layer)
+    out = tmp_path / "run"
+    rc = reproduce.main(["--config", "tiny", "--budget", "small", "--epochs", "1", "--iw-samples", "4",
+                         "--recipe", "vae,pretrain-fb", "--out", str(out), "--seed", "1"])
+    assert rc == 0
+    payload = json.loads((out / "reproduce.json").read_text())
+    assert [r["recipe"] for r in payload["runs"]] == ["vae", "pretrain-fb"]
+    for run in payload["runs"]:
+        test = run["test"]
+        assert math.isfinite(test["nll"]) and test["nll"] > 0 and test["kl"] >= 0
+        assert 0 <= int(test["au"]) <= 32
+        assert (out / run["recipe"] / "metrics.jsonl").exists()
+    md = (out / "reproduce.md").read_text()
+    assert "`vae`" in md and "`pretrain-fb`" in md and "NLL (IW-4)" in md and "Contrast:" in md
