@@ -1,0 +1,180 @@
+"""Reading corpora: one whitespace-tokenised sentence per line, optionally `label<TAB>text`.
+
+Rules (recipes.md): the vocabulary comes from the training split; out-of-vocabulary words of any
+split map to `<unk>`; empty lines are dropped and counted. Lines longer than `max_len` words are
+truncated to `max_len` and counted (documented truncation), so long lines never cost memory
+silently. Bytes that are not UTF-8, a missing file, or a split with no sentences raise
+`CorpusError` naming the file (and the line).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from .vocab import Vocab
+
+SPLITS = ("train", "valid", "test")
+
+
+class CorpusError(ValueError):
+    """A corpus file is missing, unreadable, or has no usable sentences."""
+
+
+@dataclass
+class RawSplit:
+    path: str
+    token_lists: list
+    raw_labels: list | None
+    stats: dict
+
+
+class TextDataset:
+    """Sentences as 1-D LongTensors of word ids (without `<s>`/`</s>`), and optional labels."""
+
+    def __init__(self, sentences: list, labels: torch.Tensor | None = None, name: str = "data",
+                 label_names: list | None = None):
+        if labels is not None and len(labels) != len(sentences):
+            raise ValueError(f"TextDataset {name}: {len(labels)} labels for {len(sentences)} sentences")
+        self.sentences = sentences
+        self.labels = labels
+        self.name = name
+        self.label_names = label_names
+
+    def __len__(self) -> int:
+        return len(self.sentences)
+
+    def num_tokens(self) -> int:
+        """Words plus one `</s>` per sentence: the perplexity denominator (`<s>` is not predicted)."""
+        return sum(len(s) + 1 for s in self.sentences)
+
+    def subset(self, indices) -> "TextDataset":
+        indices = list(indices)
+        labels = self.labels[indices] if self.labels is not None else None
+        return TextDataset([self.sentences[i] for i in indices], labels, self.name, self.label_names)
+
+    def __repr__(self) -> str:
+        return f"TextDataset({self.name!r}, {len(self)} sentences, labels={self.labels is not None})"
+
+
+@dataclass
+class Corpus:
+    vocab: Vocab
+    train: TextDataset
+    valid: TextDataset
+    test: TextDataset
+    stats: dict = field(default_factory=dict)
+    label_names: list | None = None
+
+    def split(self, name: str) -> TextDataset:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+
+def read_split(path: str, *, max_len: int | None = None) -> RawSplit:
+    """Tokenise one file. Labels are kept as strings here; the corpus maps them to ids."""
+    if max_len is not None and max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    if not os.path.exists(path):
+        raise CorpusError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise CorpusError(f"{path}: is a directory, expected a text file with one sentence per line")
+    token_lists, labels = [], []
+    stats = {"lines": 0, "empty_lines": 0, "truncated_lines": 0, "labelled_lines": 0}
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            stats["lines"] += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CorpusError(f"{path}:{lineno}: not valid UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r});"
+                                  " convert the file to UTF-8") from None
+            label = None
+            if "\t" in line:
+                label, line = line.split("\t", 1)
+                label = label.strip()
+                if not label:
+                    raise CorpusError(f"{path}:{lineno}: empty label before the tab")
+            tokens = line.split()
+            if not tokens:
+                stats["empty_lines"] += 1
+                continue
+            if max_len is not None and len(tokens) > max_len:
+                tokens = tokens[:max_len]
+                stats["truncated_lines"] += 1
+            token_lists.append(tokens)
+            labels.append(label)
+    if not token_lists:
+        raise CorpusError(f"{path}: no sentences (the file is empty or has only blank lines)")
+    labelled = sum(lbl is not None for lbl in labels)
+    stats["labelled_lines"] = labelled
+    if 0 < labelled < len(labels):
+        first = next(i for i, lbl in enumerate(labels) if lbl is None)
+        raise CorpusError(f"{path}: {labelled} of {len(labels)} sentences have a `label<TAB>` prefix; either all or"
+                          f" none must (sentence {first + 1} has none)")
+    return RawSplit(path, token_lists, labels if labelled else None, stats)
+
+
+def _encode(raw: RawSplit, vocab: Vocab, name: str, label_names: list | None) -> TextDataset:
+    sentences = [torch.tensor(vocab.encode(tokens), dtype=torch.long) for tokens in raw.token_lists]
+    labels = None
+    if raw.raw_labels is not None:
+        if label_names is None:
+            raise CorpusError(f"{raw.path}: labelled sentences, but the training split has no labels")
+        index = {lbl: i for i, lbl in enumerate(label_names)}
+        unknown = sorted({lbl for lbl in raw.raw_labels if lbl not in index})
+        if unknown:
+            raise CorpusError(f"{raw.path}: labels {unknown[:5]} do not occur in the training split {label_names}")
+        labels = torch.tensor([index[lbl] for lbl in raw.raw_labels], dtype=torch.long)
+    raw.stats["unk_tokens"] = sum(int((s == 3).sum()) for s in sentences)
+    return TextDataset(sentences, labels, name, label_names)
+
+
+def _label_names(raw_labels: list) -> list:
+    names = sorted(set(raw_labels))
+    try:  # numeric labels sort numerically ("2" before "10")
+        names = sorted(names, key=float)
+    except ValueError:
+        pass
+    return names
+
+
+def read_dataset(path: str, vocab: Vocab, *, name: str | None = None, max_len: int | None = None,
+                 label_names: list | None = None) -> TextDataset:
+    """One file encoded with an existing vocabulary (for evaluating a checkpoint on new text)."""
+    raw = read_split(path, max_len=max_len)
+    if raw.raw_labels is not None and label_names is None:
+        label_names = _label_names(raw.raw_labels)
+    return _encode(raw, vocab, name or os.path.basename(path), label_names)
+
+
+def load_corpus(data_dir: str | None = None, *, train: str | None = None, valid: str | None = None,
+                test: str | None = None, max_vocab: int | None = None, min_count: int = 1,
+                max_len: int | None = None, vocab: Vocab | None = None) -> Corpus:
+    """A corpus from a directory holding train.txt, valid.txt and test.txt, or from three explicit files.
+
+    `vocab` given (for example from a checkpoint): encode with it instead of building one."""
+    if data_dir is not None:
+        if any(p is not None for p in (train, valid, test)):
+            raise ValueError("load_corpus: give either data_dir or train/valid/test files, not both")
+        if not os.path.isdir(data_dir):
+            raise CorpusError(f"{data_dir}: no such directory")
+        paths = {s: os.path.join(data_dir, f"{s}.txt") for s in SPLITS}
+        missing = [p for p in paths.values() if not os.path.exists(p)]
+        if missing:
+            raise CorpusError(f"{data_dir}: missing {', '.join(os.path.basename(p) for p in missing)} "
+                              "(a corpus directory holds train.txt, valid.txt and test.txt)")
+    else:
+        paths = {"train": train, "valid": valid, "test": test}
+        absent = [s for s, p in paths.items() if p is None]
+        if absent:
+            raise ValueError(f"load_corpus: give data_dir, or all of train/valid/test (missing: {', '.join(absent)})")
+    raws = {s: read_split(paths[s], max_len=max_len) for s in SPLITS}
+    if vocab is None:
+        vocab = Vocab.build(raws["train"].token_lists, max_size=max_vocab, min_count=min_count)
+    label_names = _label_names(raws["train"].raw_labels) if raws["train"].raw_labels is not None else None
+    datasets = {s: _encode(raws[s], vocab, s, label_names) for s in SPLITS}
+    stats = {s: raws[s].stats for s in SPLITS}
+    return Corpus(vocab, datasets["train"], datasets["valid"], datasets["test"], stats, label_names)
