@@ -288,3 +288,33 @@ def test_two_ranks_equal_one_process(fresh_seed):
     kl = F.kl_per_dim(mu.float(), logvar.float()).sum(1).mean()
     assert result["kl"] == pytest.approx(float(kl), rel=1e-4, abs=1e-4)
     assert all(math.isfinite(result[k]) for k in ("rec", "elbo", "nll", "ppl", "mi_batch"))
+
+
+@pytest.mark.slow
+def test_torchrun_cli_two_ranks_rank0_writes(tmp_path):
+    """`torchrun --nproc_per_node=2 -m fastvae train`: one report, one run directory, written once."""
+    import json
+    import subprocess
+    import sys
+
+    from fastvae.data.builtin import grammar_corpus, write_corpus
+
+    data, out = tmp_path / "data", tmp_path / "run"
+    write_corpus(grammar_corpus(**CORPUS), str(data))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "fastvae", "train", "--data", str(data), "--config", "tiny", "--recipe", "aggressive",
+                           "--max-inner-steps", "4", "--epochs", "1", "--batch-size", "16", "--iw-samples", "2",
+                           "--checkpoint-every", "3", "--out", str(out), "--no-progress", "--json", "--examples", "0"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(reports) == 1  # rank 0 only
+    assert json.loads(reports[0])["out_dir"] == str(out)
+    assert {"config.json", "metrics.jsonl", "best.pt", "last.pt", "training.png"} <= set(os.listdir(out))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["split"] for r in records] == ["train", "valid", "test"]  # not once per rank
+    ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    assert ckpt["world_size"] == 2 and len(ckpt["rng"]["rank_torch"]) == 2

@@ -82,7 +82,7 @@ def test_state_that_does_not_fit_its_config_is_a_clear_error(run, tmp_path):
         ckpt["model_config"]["latent_dim"] = ckpt["model_config"]["latent_dim"] + 3
 
     path = _edited_checkpoint(os.path.join(run["out"], "best.pt"), tmp_path / "mismatch.pt", shrink)
-    with pytest.raises(ValueError, match="does not match") as info:
+    with pytest.raises(ValueError, match="do not match its own model config") as info:
         load_model(path)
     assert "mismatch.pt" in str(info.value)
 

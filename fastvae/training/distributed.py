@@ -328,6 +328,36 @@ def broadcast_object(obj, ctx: DistContext, src: int = 0):
     return box[0]
 
 
+def all_gather_object(obj, ctx: DistContext) -> list:
+    """Every rank's (picklable) object, in rank order, on every rank (e.g. per-rank RNG states)."""
+    if not ctx.enabled:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def main_reads(read, ctx: DistContext):
+    """`read()` on rank 0 only (a file other nodes may not see), its result broadcast to every rank.
+
+    An exception on rank 0 is re-raised on every rank (with rank 0's message), so no rank is left
+    waiting in a collective while the others stop."""
+    if not ctx.enabled:
+        return read()
+    payload = None
+    if ctx.is_main:
+        try:
+            payload = ("ok", read())
+        except Exception as exc:  # noqa: BLE001 - forwarded to every rank below
+            payload = ("error", exc)
+    status, value = broadcast_object(payload, ctx)
+    if status == "error":
+        if isinstance(value, (ValueError, FileNotFoundError)):
+            raise value
+        raise RuntimeError(f"rank 0 failed: {value}") from value
+    return value
+
+
 def broadcast_decision(flag: bool, ctx: DistContext, src: int = 0) -> bool:
     """Rank `src`'s decision on every rank, so all switch together (e.g. aggressive mode off)."""
     return bool(broadcast_object(bool(flag), ctx, src))
