@@ -1,0 +1,142 @@
+"""The LSTM text VAE of the recipes (recipes.md) and its LSTM language-model baseline."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data.vocab import PAD
+from ..nn.decoder import LSTMDecoder
+from .config import ModelConfig, get_config
+
+
+def _check_batch(who: str, tokens: torch.Tensor, lengths: torch.Tensor, vocab_size: int) -> None:
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
+        raise ValueError(f"{who}: tokens must be a [batch, time] LongTensor, got "
+                         + (f"{tokens.dtype} {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else repr(tokens)))
+    if tokens.shape[1] < 2:
+        raise ValueError(f"{who}: sentences need at least <s> and </s> (time >= 2), got {tuple(tokens.shape)}")
+    if not isinstance(lengths, torch.Tensor) or lengths.shape != (tokens.shape[0],):
+        raise ValueError(f"{who}: lengths must be a [batch] tensor matching tokens {tuple(tokens.shape)}")
+    if lengths.device != tokens.device:
+        raise ValueError(f"{who}: tokens are on {tokens.device} but lengths on {lengths.device}")
+
+
+def _reference_init(module: nn.Module) -> None:
+    """Reference init: parameters U(-0.01, 0.01), embeddings U(-0.1, 0.1)."""
+    for p in module.parameters():
+        nn.init.uniform_(p, -0.01, 0.01)
+    for m in module.modules():
+        if isinstance(m, nn.Embedding):
+            nn.init.uniform_(m.weight, -0.1, 0.1)
+
+
+class LSTMEncoder(nn.Module):
+    """Embedding -> 1-layer LSTM -> last hidden state -> Linear(nh, 2 nz, bias=False) -> (mu, logvar)."""
+
+    def __init__(self, vocab_size: int, emb_dim: int, hidden_dim: int, latent_dim: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, emb_dim)
+        self.lstm = nn.LSTM(emb_dim, hidden_dim, batch_first=True)
+        self.to_posterior = nn.Linear(hidden_dim, 2 * latent_dim, bias=False)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor):
+        outputs, _ = self.lstm(self.embed(tokens))
+        # The LSTM is causal, so the output at the last real position ignores the padding after it:
+        # gathering there is exact for padded batches and needs no host sync.
+        last = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, outputs.shape[-1])
+        hidden = outputs.gather(1, last).squeeze(1)
+        mu, logvar = self.to_posterior(hidden).chunk(2, dim=-1)
+        return mu, logvar
+
+
+class TextVAE(nn.Module):
+    """LSTM encoder, fastvae.nn.LSTMDecoder, Gaussian latent (recipes.md)."""
+
+    def __init__(self, vocab_size: int, config: ModelConfig | str):
+        super().__init__()
+        config = get_config(config)
+        if not isinstance(vocab_size, int) or vocab_size < 5:
+            raise ValueError(f"TextVAE: vocab_size must be an int >= 5 (4 special tokens + words), got {vocab_size!r}")
+        self.config = config
+        self.vocab_size = vocab_size
+        self.latent_dim = config.latent_dim
+        self.encoder = LSTMEncoder(vocab_size, config.emb_dim, config.enc_hidden, config.latent_dim)
+        self.decoder = LSTMDecoder(vocab_size, config.emb_dim, config.dec_hidden, config.latent_dim,
+                                   dropout_in=config.dropout_in, dropout_out=config.dropout_out)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _reference_init(self.encoder)
+        self.decoder.reset_parameters()
+
+    def reset_decoder_parameters(self) -> None:
+        """Re-initialise every decoder parameter (embedding, LSTM, z-to-state, output): Li et al.'s phase 2."""
+        self.decoder.reset_parameters()
+
+    def encoder_parameters(self):
+        return self.encoder.parameters()
+
+    def decoder_parameters(self):
+        return self.decoder.parameters()
+
+    def encode(self, tokens: torch.Tensor, lengths: torch.Tensor):
+        """(mu, logvar), each [B, nz]."""
+        _check_batch("TextVAE.encode", tokens, lengths, self.vocab_size)
+        return self.encoder(tokens, lengths)
+
+    def reconstruction(self, tokens: torch.Tensor, lengths: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """-log p(x | z) summed over the predicted tokens (words and </s>): [B], or [B, K] for z [B, K, nz]."""
+        _check_batch("TextVAE.reconstruction", tokens, lengths, self.vocab_size)
+        return -self.decoder.token_log_likelihood(tokens[:, :-1], tokens[:, 1:], z, lengths=lengths - 1, pad_id=PAD)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, nsamples: int = 1, generator=None) -> dict:
+        """One pass: posterior, reparameterised sample(s), reconstruction loss per sentence (and sample)."""
+        from .. import functional as F
+
+        mu, logvar = self.encode(tokens, lengths)
+        z = F.reparameterize(mu, logvar, nsamples=nsamples, generator=generator)
+        return {"mu": mu, "logvar": logvar, "z": z, "rec": self.reconstruction(tokens, lengths, z)}
+
+
+class LSTMLM(nn.Module):
+    """The LSTM language-model baseline: the decoder without a latent (exact likelihood)."""
+
+    def __init__(self, vocab_size: int, config: ModelConfig | str):
+        super().__init__()
+        config = get_config(config)
+        if not isinstance(vocab_size, int) or vocab_size < 5:
+            raise ValueError(f"LSTMLM: vocab_size must be an int >= 5, got {vocab_size!r}")
+        self.config = config
+        self.vocab_size = vocab_size
+        self.embed = nn.Embedding(vocab_size, config.emb_dim)
+        self.dropout_in = nn.Dropout(config.dropout_in)
+        self.lstm = nn.LSTM(config.emb_dim, config.dec_hidden, batch_first=True)
+        self.dropout_out = nn.Dropout(config.dropout_out)
+        self.output = nn.Linear(config.dec_hidden, vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _reference_init(self)
+
+    def nll(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """-log p(x) summed over the predicted tokens: [B]."""
+        _check_batch("LSTMLM.nll", tokens, lengths, self.vocab_size)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        hidden, _ = self.lstm(self.dropout_in(self.embed(inputs)))
+        logits = self.output(self.dropout_out(hidden))
+        nll = nn.functional.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1), reduction="none")
+        mask = (targets != PAD) & (torch.arange(targets.shape[1], device=tokens.device) < (lengths - 1).unsqueeze(1))
+        return (nll.view_as(targets) * mask).sum(1)
+
+    forward = nll
+
+
+MODEL_KINDS = ("vae", "lm")
+
+
+def build_model(kind: str, vocab_size: int, config: ModelConfig | str) -> nn.Module:
+    if kind == "vae":
+        return TextVAE(vocab_size, config)
+    if kind == "lm":
+        return LSTMLM(vocab_size, config)
+    raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
