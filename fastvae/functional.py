@@ -19,6 +19,8 @@ from __future__ import annotations
 import importlib
 import math
 import numbers
+import os
+import sys
 
 import torch
 
@@ -38,9 +40,21 @@ __all__ = ["reparameterize", "kl_per_dim", "free_bits_kl", "sample_and_kl", "gau
            "standard_normal_log_prob", "mutual_information", "active_units", "FREE_BITS_MODES"]
 
 
-def _kernels(name: str):
-    """The kernel module `fastvae.kernels.<name>`, imported on first use (after backend selection
-    has had the chance to switch the Triton interpreter on)."""
+def _interpreter_first(device: torch.device) -> None:
+    """With FASTVAE_BACKEND=triton and CPU tensors, switch the Triton interpreter on before anything
+    imports triton: `triton.language` builds its own @jit helpers (tl.zeros, tl.sum, ...) at import
+    time, and built in compiled mode they cannot run inside interpreted kernels, so the switch that
+    fastvae.backend makes later (after importing triton) would come too late."""
+    if (device.type == "cpu" and "triton" not in sys.modules and backend.requested_backend() == "triton"
+            and not backend.triton_interpreter()):
+        os.environ["TRITON_INTERPRET"] = "1"
+
+
+def _kernels(name: str, device: torch.device):
+    """The kernel module `fastvae.kernels.<name>` (kernels and references), imported on first use,
+    after the backend has had the chance to switch the Triton interpreter on (`@triton.jit` reads
+    TRITON_INTERPRET when a kernel module is imported)."""
+    _interpreter_first(device)
     return importlib.import_module(f"fastvae.kernels.{name}")
 
 
@@ -118,8 +132,9 @@ def reparameterize(mu, logvar, nsamples: int = 1, generator=None):
     _check_posterior(fn, mu, logvar)
     nsamples = _check_nsamples(fn, nsamples)
     eps = _draw_noise(fn, mu, nsamples, generator)
+    _interpreter_first(mu.device)
     use_triton = backend.select(OP_REPARAMETERIZE, mu.device) == "triton"
-    module = _kernels("reparameterize")
+    module = _kernels("reparameterize", mu.device)
     if use_triton:
         z = module.ReparameterizeFunction.apply(mu, logvar, eps)
     else:
@@ -133,7 +148,7 @@ def kl_per_dim(mu, logvar):
     KL_ij = 0.5 * (mu_ij^2 + exp(logvar_ij) - logvar_ij - 1); differentiable (elementwise torch)."""
     _check_posterior("kl_per_dim", mu, logvar)
     backend.select(OP_KL_PER_DIM, mu.device)  # torch on every device: elementwise, no kernel of its own
-    return _kernels("kl_free_bits").kl_per_dim_reference(mu, logvar).to(mu.dtype)
+    return _kernels("kl_free_bits", mu.device).kl_per_dim_reference(mu, logvar).to(mu.dtype)
 
 
 def _free_bits_doc(fn):
@@ -160,8 +175,9 @@ def free_bits_kl(mu, logvar, target: float = 0.0, mode: str = "none"):
     fn = "free_bits_kl"
     _check_posterior(fn, mu, logvar)
     target = _check_free_bits(fn, target, mode)
+    _interpreter_first(mu.device)
     use_triton = backend.select(OP_FREE_BITS_KL, mu.device) == "triton"
-    module = _kernels("kl_free_bits")
+    module = _kernels("kl_free_bits", mu.device)
     if use_triton:
         loss, _ = module.FreeBitsKLFunction.apply(mu, logvar, target, mode)
         return loss
@@ -183,8 +199,9 @@ def sample_and_kl(mu, logvar, nsamples: int = 1, target: float = 0.0, mode: str 
     nsamples = _check_nsamples(fn, nsamples)
     target = _check_free_bits(fn, target, mode)
     eps = _draw_noise(fn, mu, nsamples, generator)
+    _interpreter_first(mu.device)
     use_triton = backend.select(OP_SAMPLE_AND_KL, mu.device) == "triton"
-    module = _kernels("sample_and_kl")
+    module = _kernels("sample_and_kl", mu.device)
     if use_triton:
         z, loss, kl_mean = module.SampleAndKLFunction.apply(mu, logvar, eps, target, mode)
     else:
@@ -206,8 +223,9 @@ def _check_samples(fn: str, z, mu=None, logvar=None):
 def _log_prob(op, z, mu, logvar):
     squeeze = z.dim() == 2
     z3 = z.unsqueeze(1) if squeeze else z
+    _interpreter_first(z.device)
     use_triton = backend.select(op, z.device) == "triton"
-    module = _kernels("gaussian_log_prob")
+    module = _kernels("gaussian_log_prob", z.device)
     if use_triton:
         out = module.GaussianLogProbFunction.apply(z3, mu, logvar)
     else:
@@ -262,8 +280,9 @@ def mutual_information(mu, logvar, z=None, *, batch_size=None, generator=None):
         if z.device != mu.device:
             raise ValueError(f"{fn}: z and mu must be on the same device, got {z.device} and {mu.device}")
     needs_grad = torch.is_grad_enabled() and (mu.requires_grad or logvar.requires_grad or z.requires_grad)
+    _interpreter_first(mu.device)
     use_triton = not needs_grad and backend.select(OP_MUTUAL_INFORMATION, mu.device) == "triton"
-    module = _kernels("mutual_information")
+    module = _kernels("mutual_information", mu.device)
     if use_triton:
         return module.mutual_information_fwd(z, mu, logvar, segment)
     return module.mutual_information_reference(z, mu, logvar, segment)

@@ -257,3 +257,26 @@ def test_bad_input_raises_clear_error(call, error, match):
     mu, logvar = posterior(4, 3, grad=False)
     with pytest.raises(error, match=match):
         call(mu, logvar)
+
+
+def test_triton_backend_on_cpu_without_interpreter_preset():
+    """A user's process: FASTVAE_BACKEND=triton, TRITON_INTERPRET unset, a torch-only op first.
+    fastvae switches the interpreter on before triton is imported, and the kernels run."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, fastvae.functional as F\n"
+        "mu, lv = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)\n"
+        "kl = F.kl_per_dim(mu, lv)\n"
+        "loss = F.free_bits_kl(mu, lv, 0.5, 'dim')\n"
+        "z, l2, _ = F.sample_and_kl(mu, lv, 2, 0.5, 'kingma')\n"
+        "import os; assert os.environ['TRITON_INTERPRET'] == '1'\n"
+        "want = torch.where(kl > 0.5 / 4, kl, torch.zeros_like(kl)).sum() / 5\n"
+        "torch.testing.assert_close(loss, want)\n"
+        "print('ok', float(F.mutual_information(mu, lv)))\n")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["FASTVAE_BACKEND"] = "triton"
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
