@@ -1,0 +1,228 @@
+"""The papers' evaluation metrics (recipes.md), batched, with one host sync at the end.
+
+Every value is a per-sentence mean over the evaluated split:
+  rec       -log p(x|z), one posterior sample, summed over the predicted tokens (words and </s>)
+  kl        analytic KL(q(z|x) || N(0, I))
+  elbo      rec + kl, i.e. the negative ELBO (a bound on nll, in nats, as the papers print it)
+  nll       importance-weighted -log p(x) with K samples (default 500): batched across sentences and
+            samples; the decoder chunks K so memory stays bounded
+  ppl       exp(sum of per-sentence nll / number of predicted tokens): </s> counts, <s> does not
+            (from nll when computed, else from elbo)
+  mi        whole-set mutual information (aggregate posterior over the whole split, Li et al.)
+  mi_batch  per-batch mutual information (aggregate inside each evaluation batch, He et al.)
+  au        active units: dimensions whose Var_x[mu(x)] (unbiased, over the split) >= 0.01
+  probe_acc held-out accuracy of a linear probe on mu, when the split has labels
+LSTM language models report nll (exact) and ppl.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import functional as F
+from ..data import make_batches
+from ..data.corpus import TextDataset
+
+VAE_METRICS = ("rec", "kl", "elbo", "nll", "ppl", "mi", "mi_batch", "au", "probe_acc")
+LM_METRICS = ("nll", "ppl")
+
+
+def _is_lm(model) -> bool:
+    return hasattr(model, "nll") and not hasattr(model, "encode")
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+class _EvalMode:
+    """Puts the model in eval mode and no-grad, and restores its training flag afterwards."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.was_training = self.model.training
+        self.model.eval()
+        self.no_grad = torch.no_grad()
+        self.no_grad.__enter__()
+
+    def __exit__(self, *exc):
+        self.no_grad.__exit__(*exc)
+        self.model.train(self.was_training)
+
+
+def _batches(dataset: TextDataset, batch_size: int, batch_mode: str):
+    if not isinstance(dataset, TextDataset):
+        raise TypeError(f"expected a fastvae.data.TextDataset, got {type(dataset).__name__}")
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {dataset.name!r} has no sentences to evaluate")
+    return make_batches(dataset, batch_size, mode=batch_mode, shuffle=False)
+
+
+def posterior_stats(model, dataset: TextDataset, *, batch_size: int = 128, device=None, batch_mode: str = "padded"):
+    """(mu, logvar), each [N, nz], in dataset order."""
+    device = torch.device(device) if device is not None else _model_device(model)
+    mu_all = logvar_all = None
+    with _EvalMode(model):
+        for batch in _batches(dataset, batch_size, batch_mode):
+            batch = batch.to(device)
+            mu, logvar = model.encode(batch.tokens, batch.lengths)
+            if mu_all is None:
+                mu_all = mu.new_empty(len(dataset), mu.shape[1])
+                logvar_all = mu.new_empty(len(dataset), mu.shape[1])
+            mu_all[batch.indices] = mu
+            logvar_all[batch.indices] = logvar
+    return mu_all, logvar_all
+
+
+def _check_k(K) -> int:
+    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+        raise ValueError(f"the number of importance samples must be a positive int, got {K!r}")
+    return K
+
+
+def iw_log_likelihood_batch(model, batch, K: int, generator=None) -> torch.Tensor:
+    """log p(x) ~= logsumexp_k [log p(x|z_k) + log N(z_k; 0, I) - log q(z_k|x)] - log K, for one batch: [B]."""
+    mu, logvar = model.encode(batch.tokens, batch.lengths)
+    z = F.reparameterize(mu, logvar, nsamples=K, generator=generator)              # [B, K, nz]
+    log_px_z = -model.reconstruction(batch.tokens, batch.lengths, z)               # [B, K]
+    log_w = log_px_z + F.standard_normal_log_prob(z) - F.gaussian_log_prob(z, mu, logvar)
+    return torch.logsumexp(log_w, dim=1) - math.log(K)
+
+
+def iw_nll(model, dataset: TextDataset, K: int = 500, *, batch_size: int = 32, device=None, generator=None,
+           batch_mode: str = "bucket") -> torch.Tensor:
+    """Per-sentence importance-weighted -log p(x), [N] in dataset order (K samples per sentence).
+
+    Sentences are evaluated `batch_size` at a time with all K samples at once (the decoder shares the word
+    projection across samples and chunks K to bound memory), never one sentence at a time."""
+    K = _check_k(K)
+    device = torch.device(device) if device is not None else _model_device(model)
+    out = torch.empty(len(dataset), dtype=torch.float64, device=device)
+    with _EvalMode(model):
+        for batch in _batches(dataset, batch_size, batch_mode):
+            batch = batch.to(device)
+            out[batch.indices] = -iw_log_likelihood_batch(model, batch, K, generator).double()
+    return out
+
+
+def linear_probe_accuracy(features: torch.Tensor, labels: torch.Tensor, *, train_fraction: float = 0.8,
+                          steps: int = 200, seed: int = 0) -> float:
+    """Held-out accuracy of a multinomial logistic regression on standardised features.
+
+    A fixed-seed split (train_fraction for fitting, the rest for the accuracy), full-batch L-BFGS with a
+    small L2 penalty: how much of the label a linear read-out of the features carries."""
+    if features.dim() != 2 or labels.dim() != 1 or features.shape[0] != labels.shape[0]:
+        raise ValueError(f"linear_probe_accuracy: features [N, d] and labels [N] expected, got "
+                         f"{tuple(features.shape)} and {tuple(labels.shape)}")
+    if not 0 < train_fraction < 1:
+        raise ValueError(f"linear_probe_accuracy: train_fraction must be in (0, 1), got {train_fraction}")
+    n = features.shape[0]
+    n_train = int(round(n * train_fraction))
+    if n_train < 2 or n - n_train < 1:
+        raise ValueError(f"linear_probe_accuracy: {n} examples are too few for a held-out split")
+    x = features.detach().double().cpu()
+    y = labels.detach().long().cpu()
+    num_classes = int(y.max()) + 1
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    train, test = perm[:n_train], perm[n_train:]
+    mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-8)
+    x = (x - mean) / std
+    weight = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x[train] @ weight + bias, y[train]) + 1e-4 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        pred = (x[test] @ weight + bias).argmax(1)
+    return float((pred == y[test]).double().mean())
+
+
+def evaluate(model, dataset: TextDataset, *, batch_size: int = 32, iw_samples: int = 500, metrics=None,
+             device=None, generator: torch.Generator | None = None, batch_mode: str = "bucket") -> dict:
+    """The metrics of the module docstring on one split. `metrics=None` computes all that apply;
+    `iw_samples=0` skips the importance-weighted nll (ppl then comes from the ELBO)."""
+    lm = _is_lm(model)
+    allowed = LM_METRICS if lm else VAE_METRICS
+    wanted = set(allowed if metrics is None else metrics)
+    unknown = wanted - set(allowed)
+    if unknown:
+        raise ValueError(f"unknown metrics {sorted(unknown)} for a {'language model' if lm else 'VAE'}; "
+                         f"choose from {', '.join(allowed)}")
+    if isinstance(iw_samples, bool) or not isinstance(iw_samples, int) or iw_samples < 0:
+        raise ValueError(f"iw_samples must be an int >= 0, got {iw_samples!r}")
+    if iw_samples == 0:
+        wanted.discard("nll")
+    device = torch.device(device) if device is not None else _model_device(model)
+    batches = _batches(dataset, batch_size, batch_mode)
+    result = {"num_sentences": len(dataset), "num_tokens": dataset.num_tokens()}
+
+    if lm:
+        with _EvalMode(model):
+            total = torch.zeros((), dtype=torch.float64, device=device)
+            for batch in batches:
+                batch = batch.to(device)
+                total += model.nll(batch.tokens, batch.lengths).double().sum()
+        total = float(total)
+        result["nll"] = total / len(dataset)
+        result["ppl"] = math.exp(total / result["num_tokens"])
+        return {k: v for k, v in result.items() if k in wanted or k.startswith("num_")}
+
+    need_posterior = wanted & {"mi", "au", "probe_acc", "mi_batch"}
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # rec, kl, iw-nll, mi_batch*B, (unused)
+    mu_all = logvar_all = None
+    with _EvalMode(model):
+        for batch in batches:
+            batch = batch.to(device)
+            mu, logvar = model.encode(batch.tokens, batch.lengths)
+            z = F.reparameterize(mu, logvar, generator=generator)
+            sums[0] += model.reconstruction(batch.tokens, batch.lengths, z).double().sum()
+            sums[1] += F.kl_per_dim(mu, logvar).double().sum()
+            if "nll" in wanted:
+                sums[2] -= iw_log_likelihood_batch(model, batch, iw_samples, generator).double().sum()
+            if "mi_batch" in wanted:
+                sums[3] += F.mutual_information(mu, logvar, generator=generator).double() * batch.size
+            if need_posterior:
+                if mu_all is None:
+                    mu_all = mu.new_empty(len(dataset), mu.shape[1])
+                    logvar_all = mu.new_empty(len(dataset), mu.shape[1])
+                mu_all[batch.indices] = mu
+                logvar_all[batch.indices] = logvar
+        extra = {}
+        if "mi" in wanted:
+            extra["mi"] = F.mutual_information(mu_all, logvar_all, generator=generator)
+        if wanted & {"au"}:
+            count, var = F.active_units(mu_all)
+            extra["au"] = count
+            extra["au_var"] = var
+    sums = sums.tolist()  # the one host sync of the loop
+    n = len(dataset)
+    result["rec"] = sums[0] / n
+    result["kl"] = sums[1] / n
+    result["elbo"] = (sums[0] + sums[1]) / n
+    if "nll" in wanted:
+        result["nll"] = sums[2] / n
+        result["ppl"] = math.exp(sums[2] / result["num_tokens"])
+    else:
+        result["ppl"] = math.exp((sums[0] + sums[1]) / result["num_tokens"])
+        result["ppl_from"] = "elbo"
+    if "mi_batch" in wanted:
+        result["mi_batch"] = sums[3] / n
+    if "mi" in extra:
+        result["mi"] = float(extra["mi"])
+    if "au" in extra:
+        result["au"] = int(extra["au"])
+        result["au_var"] = [float(v) for v in extra["au_var"]]
+    if "probe_acc" in wanted and dataset.labels is not None and n >= 10:
+        result["probe_acc"] = linear_probe_accuracy(mu_all, dataset.labels)
+    keep = wanted | {"num_sentences", "num_tokens", "ppl_from", "au_var"} | ({"rec", "kl"} if "elbo" in wanted else set())
+    return {k: v for k, v in result.items() if k in keep}
