@@ -1,0 +1,119 @@
+"""fastvae.evaluation on hand-built models where the answer is known."""
+import math
+
+import pytest
+import torch
+
+from fastvae import functional as F
+from fastvae.data import grammar_corpus
+from fastvae.evaluation import evaluate, iw_nll, linear_probe_accuracy, posterior_stats
+from fastvae.models import LSTMLM, TextVAE
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return grammar_corpus(seed=1, n_train=100, n_valid=40, n_test=40)
+
+
+def latent_free_vae(vocab_size):
+    """A VAE whose decoder ignores z and whose posterior is the prior: log p(x) is exact and equals -rec."""
+    m = TextVAE(vocab_size, "tiny").eval()
+    for p in m.parameters():
+        torch.nn.init.uniform_(p, -0.2, 0.2)
+    with torch.no_grad():
+        m.encoder.to_posterior.weight.zero_()
+        m.decoder.latent_to_cell.weight.zero_()
+        m.decoder.weight_ih_l0[:, m.decoder.emb_dim:] = 0
+    return m
+
+
+def test_iw_nll_equals_exact_likelihood_when_z_is_ignored(corpus):
+    m = latent_free_vae(len(corpus.vocab))
+    nll = iw_nll(m, corpus.valid, K=7, batch_size=16)
+    mu, _ = posterior_stats(m, corpus.valid)
+    exact = torch.stack([m.reconstruction(*_one(corpus.valid, i), torch.zeros(1, m.latent_dim))[0]
+                         for i in range(len(corpus.valid))]).double()
+    torch.testing.assert_close(nll, exact, atol=1e-3, rtol=1e-5)
+    r = evaluate(m, corpus.valid, iw_samples=5)
+    assert r["kl"] == pytest.approx(0.0, abs=1e-9) and r["au"] == 0
+    assert r["nll"] == pytest.approx(r["elbo"], rel=1e-5)
+    assert r["ppl"] == pytest.approx(math.exp(exact.sum().item() / corpus.valid.num_tokens()), rel=1e-5)
+
+
+def _one(dataset, i):
+    from fastvae.data.batching import collate
+
+    b = collate(dataset, [i])
+    return b.tokens, b.lengths
+
+
+def test_uniform_decoder_gives_ppl_equal_vocab_size(corpus):
+    m = latent_free_vae(len(corpus.vocab))
+    with torch.no_grad():
+        m.decoder.output.weight.zero_()
+    r = evaluate(m, corpus.valid, iw_samples=3, metrics=["nll", "ppl"])
+    assert r["ppl"] == pytest.approx(len(corpus.vocab), rel=1e-4)
+    lm = LSTMLM(len(corpus.vocab), "tiny")
+    lm.output.weight.data.zero_()
+    r = evaluate(lm, corpus.valid)
+    assert set(r) == {"nll", "ppl", "num_sentences", "num_tokens"}
+    assert r["ppl"] == pytest.approx(len(corpus.vocab), rel=1e-4)
+
+
+def test_iw_bound_is_tighter_than_elbo(corpus):
+    m = TextVAE(len(corpus.vocab), "tiny").eval()
+    for p in m.parameters():
+        torch.nn.init.uniform_(p, -0.3, 0.3)
+    gen = torch.Generator().manual_seed(0)
+    iw = iw_nll(m, corpus.valid, K=200, generator=gen).mean().item()
+    # The ELBO's expectation, estimated with many samples: E_q[rec] + KL.
+    mu, logvar = posterior_stats(m, corpus.valid)
+    from fastvae.data.batching import collate
+    b = collate(corpus.valid, list(range(len(corpus.valid))))
+    with torch.no_grad():
+        z = F.reparameterize(mu, logvar, nsamples=200, generator=gen)
+        elbo = (m.reconstruction(b.tokens, b.lengths, z).mean(1) + F.kl_per_dim(mu, logvar).sum(1)).mean().item()
+    assert iw <= elbo + 1e-3
+    assert iw > 0
+
+
+def test_evaluate_reports_every_metric_and_restores_mode(corpus):
+    m = TextVAE(len(corpus.vocab), "tiny").train()
+    r = evaluate(m, corpus.valid, iw_samples=4, batch_size=8)
+    for key in ("rec", "kl", "elbo", "nll", "ppl", "mi", "mi_batch", "au", "au_var", "probe_acc"):
+        assert key in r, key
+    assert m.training
+    assert r["elbo"] == pytest.approx(r["rec"] + r["kl"])
+    assert r["mi"] <= math.log(len(corpus.valid)) + 1e-6 and r["mi_batch"] <= math.log(8) + 1e-6
+    assert len(r["au_var"]) == m.latent_dim
+    r0 = evaluate(m, corpus.valid, iw_samples=0, metrics=["rec", "kl", "nll", "ppl"])
+    assert "nll" not in r0 and r0["ppl_from"] == "elbo"
+    with pytest.raises(ValueError, match="unknown metrics"):
+        evaluate(m, corpus.valid, metrics=["bleu"])
+    with pytest.raises(ValueError, match="iw_samples"):
+        evaluate(m, corpus.valid, iw_samples=-1)
+    with pytest.raises(TypeError, match="TextDataset"):
+        evaluate(m, [1, 2, 3])
+
+
+def test_au_counts_dimensions_with_variance(corpus):
+    m = TextVAE(len(corpus.vocab), "tiny").eval()
+    with torch.no_grad():
+        m.encoder.to_posterior.weight.zero_()
+        m.encoder.to_posterior.weight[0, :] = 5.0  # only mu_0 varies across sentences
+        for p in m.encoder.lstm.parameters():
+            torch.nn.init.uniform_(p, -1, 1)
+    mu, _ = posterior_stats(m, corpus.valid)
+    assert mu[:, 0].var() >= 0.01
+    assert evaluate(m, corpus.valid, iw_samples=0, metrics=["au"])["au"] == 1
+
+
+def test_linear_probe():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (400,), generator=g)
+    separable = torch.randn(400, 3, generator=g) + 4 * labels.unsqueeze(1).float()
+    assert linear_probe_accuracy(separable, labels) > 0.95
+    noise = torch.randn(400, 3, generator=g)
+    assert linear_probe_accuracy(noise, labels) < 0.75
+    with pytest.raises(ValueError, match="too few"):
+        linear_probe_accuracy(torch.randn(2, 2), torch.tensor([0, 1]))
