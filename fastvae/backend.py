@@ -134,7 +134,30 @@ def _kernels_imported() -> bool:
     return any(name.startswith("fastvae.kernels.") for name in sys.modules)
 
 
+def _triton_installed() -> bool:
+    """Whether triton is installed, without importing it (importing triton.language builds its own
+    @jit helpers, which must happen after TRITON_INTERPRET is decided)."""
+    import importlib.util
+    import sys
+
+    return "triton" in sys.modules or importlib.util.find_spec("triton") is not None
+
+
 def require_triton(device_type: str) -> None:
+    if device_type == "cpu":
+        if not _triton_installed():
+            raise BackendUnavailable("Triton is not installed; install it with: pip install triton")
+        if not triton_interpreter():
+            import sys
+
+            if _kernels_imported() or "triton.language" in sys.modules:
+                raise BackendUnavailable(
+                    "Triton kernels on CPU tensors need the interpreter, but Triton was already imported in "
+                    "compiled mode: set TRITON_INTERPRET=1 before importing fastvae")
+            os.environ["TRITON_INTERPRET"] = "1"  # read when triton.language and the kernels are imported
+        if not triton_importable():
+            raise BackendUnavailable("Triton is installed but does not import; reinstall it with: pip install triton")
+        return
     if not triton_importable():
         raise BackendUnavailable("Triton is not installed; install it with: pip install triton")
     if device_type == "cuda":
@@ -143,14 +166,6 @@ def require_triton(device_type: str) -> None:
         if not triton_gpu_available():
             raise BackendUnavailable("Triton cannot compile for this GPU (no working Triton GPU driver); "
                                      "use FASTVAE_BACKEND=auto or torch")
-        return
-    if device_type == "cpu":
-        if not triton_interpreter():
-            if _kernels_imported():
-                raise BackendUnavailable(
-                    "Triton kernels on CPU tensors need the interpreter, but the kernels were already "
-                    "compiled for the GPU: set TRITON_INTERPRET=1 before importing fastvae")
-            os.environ["TRITON_INTERPRET"] = "1"  # read when the kernel modules are first imported
         return
     raise BackendUnavailable(f"Triton kernels do not run on {device_type} tensors")
 
