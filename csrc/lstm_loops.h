@@ -3,6 +3,7 @@
 // `Device` provides
 //   template <typename T> static void forward_step(const StepForwardArgs<T>&);
 //   template <typename T> static void backward_step(const StepBackwardArgs<T>&);
+//   template <typename F> static void for_rows(int64_t N, int64_t H, const F& fn);  // fn(begin, end) per slice
 // Included by cpu/lstm_cpu.cpp and cuda/lstm_cuda.cpp.
 #pragma once
 #include <ATen/ATen.h>
@@ -43,6 +44,7 @@ StepForwardArgs<T> forward_args(const Tensor& recurrent, const T* input, int64_t
   a.N = N;
   a.K = K;
   a.H = H;
+  a.row_offset = 0;
   return a;
 }
 
@@ -181,35 +183,46 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sequence_forward(const Tensor& input_
   auto c_ping = save ? Tensor() : at::empty({2, N, H}, opts);
   AT_DISPATCH_FLOATING_TYPES(input_gates.scalar_type(), "fastvae.lstm_sequence", [&] {
     using T_ = scalar_t;
-    T_* h_base = h_all.data_ptr<T_>();
-    for (int64_t t = 0; t < T; ++t) {
-      // recurrent = h_{t-1} @ W_hh^T: h_{t-1} is read in place from h_all (rows of stride T*H).
-      at::mm_out(recurrent, t == 0 ? h0 : h_all.select(1, t - 1), weight_t);
-      const T_* c_prev;
-      int64_t c_prev_stride;
-      T_* c_out;
-      int64_t c_stride;
-      if (t == 0) {
-        c_prev = c0.data_ptr<T_>();
-        c_prev_stride = H;
-      } else if (save) {
-        c_prev = c_all.data_ptr<T_>() + (t - 1) * H;
-        c_prev_stride = T * H;
-      } else {
-        c_prev = c_ping[(t - 1) % 2].data_ptr<T_>();
-        c_prev_stride = H;
+    // The whole time loop for rows [begin, end); row slices of every buffer are disjoint.
+    Device::for_rows(N, H, [&](int64_t begin, int64_t end) {
+      const int64_t rows = end - begin;
+      auto rec = recurrent.narrow(0, begin, rows);
+      const auto h_rows = h_all.narrow(0, begin, rows);
+      T_* h_base = h_all.data_ptr<T_>() + begin * T * H;
+      T_* c_all_base = save ? c_all.data_ptr<T_>() + begin * T * H : nullptr;
+      const T_* c0_base = c0.data_ptr<T_>() + begin * H;
+      for (int64_t t = 0; t < T; ++t) {
+        // rec = h_{t-1} @ W_hh^T: h_{t-1} is read in place from h_all (rows of stride T*H).
+        at::mm_out(rec, t == 0 ? h0.narrow(0, begin, rows) : h_rows.select(1, t - 1), weight_t);
+        const T_* c_prev;
+        int64_t c_prev_stride;
+        T_* c_out;
+        int64_t c_stride;
+        if (t == 0) {
+          c_prev = c0_base;
+          c_prev_stride = H;
+        } else if (save) {
+          c_prev = c_all_base + (t - 1) * H;
+          c_prev_stride = T * H;
+        } else {
+          c_prev = c_ping[(t - 1) % 2].data_ptr<T_>() + begin * H;
+          c_prev_stride = H;
+        }
+        if (save) {
+          c_out = c_all_base + t * H;
+          c_stride = T * H;
+        } else {
+          c_out = (t == T - 1 ? c_last.data_ptr<T_>() : c_ping[t % 2].data_ptr<T_>()) + begin * H;
+          c_stride = H;
+        }
+        auto args = forward_args<T_>(rec, input_gates.data_ptr<T_>() + t * G, T * G,
+                                     sample_gates.data_ptr<T_>() + begin * G, c_prev, c_prev_stride, h_base + t * H,
+                                     T * H, c_out, c_stride,
+                                     save ? act.data_ptr<T_>() + begin * T * G + t * G : nullptr, T * G, rows, K, H);
+        args.row_offset = begin;
+        Device::template forward_step<T_>(args);
       }
-      if (save) {
-        c_out = c_all.data_ptr<T_>() + t * H;
-        c_stride = T * H;
-      } else {
-        c_out = t == T - 1 ? c_last.data_ptr<T_>() : c_ping[t % 2].data_ptr<T_>();
-        c_stride = H;
-      }
-      Device::template forward_step<T_>(forward_args<T_>(
-          recurrent, input_gates.data_ptr<T_>() + t * G, T * G, sample_gates.data_ptr<T_>(), c_prev, c_prev_stride,
-          h_base + t * H, T * H, c_out, c_stride, save ? act.data_ptr<T_>() + t * G : nullptr, T * G, N, K, H));
-    }
+    });
   });
   if (save) c_last.copy_(c_all.select(1, T - 1));
   return {h_all.view({B, K, T, H}), c_last.view({B, K, H}), save ? c_all.view({B, K, T, H}) : c_all,
@@ -257,26 +270,32 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
   if (N * H > 0) {
     AT_DISPATCH_FLOATING_TYPES(h_all.scalar_type(), "fastvae.lstm_sequence_backward", [&] {
       using T_ = scalar_t;
-      for (int64_t t = T - 1; t >= 0; --t) {
-        StepBackwardArgs<T_> a;
-        a.act = act.data_ptr<T_>() + t * G;
-        a.act_stride = T * G;
-        a.c = c_all.data_ptr<T_>() + t * H;
-        a.c_stride = T * H;
-        a.c_prev = t > 0 ? c_all.data_ptr<T_>() + (t - 1) * H : c0.data_ptr<T_>();
-        a.c_prev_stride = t > 0 ? T * H : H;
-        a.grad_h = have_grad_h ? grad_h.data_ptr<T_>() + t * H : nullptr;
-        a.grad_h_stride = T * H;
-        a.dh_rec = t < T - 1 ? dh_rec.data_ptr<T_>() : nullptr;
-        a.dc = dc.data_ptr<T_>();
-        a.d_gates = d_gates.data_ptr<T_>() + t * G;
-        a.d_gates_stride = T * G;
-        a.N = N;
-        a.H = H;
-        Device::template backward_step<T_>(a);
-        // Gradient reaching h_{t-1}: d_gates_t @ W_hh (d_gates_t read in place, rows of stride T*G).
-        at::mm_out(dh_rec, d_gates.select(1, t), weight);
-      }
+      Device::for_rows(N, H, [&](int64_t begin, int64_t end) {
+        const int64_t rows = end - begin;
+        auto dh_rows = dh_rec.narrow(0, begin, rows);
+        const auto d_gates_rows = d_gates.narrow(0, begin, rows);
+        const int64_t seq_offset = begin * T;  // first element row of this slice in [N, T, *] buffers
+        for (int64_t t = T - 1; t >= 0; --t) {
+          StepBackwardArgs<T_> a;
+          a.act = act.data_ptr<T_>() + (seq_offset + t) * G;
+          a.act_stride = T * G;
+          a.c = c_all.data_ptr<T_>() + (seq_offset + t) * H;
+          a.c_stride = T * H;
+          a.c_prev = t > 0 ? c_all.data_ptr<T_>() + (seq_offset + t - 1) * H : c0.data_ptr<T_>() + begin * H;
+          a.c_prev_stride = t > 0 ? T * H : H;
+          a.grad_h = have_grad_h ? grad_h.data_ptr<T_>() + (seq_offset + t) * H : nullptr;
+          a.grad_h_stride = T * H;
+          a.dh_rec = t < T - 1 ? dh_rec.data_ptr<T_>() + begin * H : nullptr;
+          a.dc = dc.data_ptr<T_>() + begin * H;
+          a.d_gates = d_gates.data_ptr<T_>() + (seq_offset + t) * G;
+          a.d_gates_stride = T * G;
+          a.N = rows;
+          a.H = H;
+          Device::template backward_step<T_>(a);
+          // Gradient reaching h_{t-1}: d_gates_t @ W_hh (d_gates_t read in place, rows of stride T*G).
+          at::mm_out(dh_rows, d_gates_rows.select(1, t), weight);
+        }
+      });
     });
   } else {
     d_gates.zero_();

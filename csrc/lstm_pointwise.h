@@ -48,12 +48,13 @@ FASTVAE_HOST_DEVICE void lstm_unit_backward(Acc i, Acc f, Acc g, Acc o, Acc c, A
   dc_prev = dc_total * f;
 }
 
-// Pointers and row strides (in elements) of one forward step over N = B * K rows; row n belongs to
-// sentence n / K. The unit j of a row reads gate columns j, H+j, 2H+j, 3H+j.
+// Pointers and row strides (in elements) of one forward step over N rows (a slice of the B * K rows starting
+// at row_offset); global row r belongs to sentence r / K. The unit j of a row reads gate columns j, H+j,
+// 2H+j, 3H+j.
 template <typename T>
 struct StepForwardArgs {
   const T* recurrent;   // [N, 4H] h_{t-1} @ W_hh^T (contiguous)
-  const T* input;       // per-sentence gates [B rows, stride input_stride]; may be null
+  const T* input;       // per-sentence gates [B rows, stride input_stride], row 0 = sentence 0; may be null
   int64_t input_stride;
   const T* sample;      // per-row gates [N, 4H] (contiguous); may be null
   const T* c_prev;      // [N, H] rows of stride c_prev_stride
@@ -65,6 +66,7 @@ struct StepForwardArgs {
   T* act;               // activated gates [N, 4H] rows of stride act_stride; null: not saved
   int64_t act_stride;
   int64_t N, K, H;
+  int64_t row_offset;   // global index of row 0 of this slice (for the row -> sentence map)
 };
 
 // One backward step. grad_h may be null (no gradient from outside at this step); dh_rec may be null

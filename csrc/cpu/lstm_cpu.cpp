@@ -93,6 +93,21 @@ void backward_row(const T* __restrict__ act, const T* __restrict__ c, const T* _
 }
 
 struct CpuDevice {
+  // The rows of a sequence are independent through time: split them across threads once per sequence, so
+  // each thread runs the whole time loop (its GEMMs single-threaded) with no synchronisation per step.
+  // With a large W_hh (hidden > 512: > 4 MB in float32) and few rows per thread, every thread would stream
+  // all of W_hh each step; there one multi-threaded GEMM per step (split over gate columns) is better.
+  template <typename F>
+  static void for_rows(int64_t N, int64_t H, const F& fn) {
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    const int64_t rows_per_thread = (N + threads - 1) / threads;
+    if (threads == 1 || (H > 512 && rows_per_thread < 256)) {
+      fn(0, N);
+      return;
+    }
+    at::parallel_for(0, N, std::max<int64_t>(1, rows_per_thread), fn);
+  }
+
   template <typename T>
   static void forward_step(const StepForwardArgs<T>& a) {
     const int64_t H = a.H, G = 4 * H;
@@ -103,11 +118,11 @@ struct CpuDevice {
       for (int64_t n = begin; n < end; ++n) {
         const T* rec = a.recurrent + n * G;
         if (a.input && a.sample) {
-          const T* in = a.input + (n / a.K) * a.input_stride;
+          const T* in = a.input + ((a.row_offset + n) / a.K) * a.input_stride;
           const T* smp = a.sample + n * G;
           for (int64_t q = 0; q < G; ++q) pre[q] = rec[q] + in[q] + smp[q];
         } else if (a.input) {
-          const T* in = a.input + (n / a.K) * a.input_stride;
+          const T* in = a.input + ((a.row_offset + n) / a.K) * a.input_stride;
           for (int64_t q = 0; q < G; ++q) pre[q] = rec[q] + in[q];
         } else if (a.sample) {
           const T* smp = a.sample + n * G;

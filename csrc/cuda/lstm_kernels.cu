@@ -14,7 +14,7 @@ __global__ void step_forward_kernel(StepForwardArgs<T> a) {
   if (idx >= a.N * a.H) return;
   const int64_t H = a.H, n = idx / H, j = idx % H;
   const T* rec = a.recurrent + n * 4 * H;            // [N, 4H] h_{t-1} @ W_hh^T
-  const T* in = a.input ? a.input + (n / a.K) * a.input_stride : nullptr;  // shared by the K samples
+  const T* in = a.input ? a.input + ((a.row_offset + n) / a.K) * a.input_stride : nullptr;  // shared by the K samples
   const T* smp = a.sample ? a.sample + n * 4 * H : nullptr;                // per row
   T pre[4];
 #pragma unroll
