@@ -108,6 +108,39 @@ def test_sequence_extreme_values_stay_finite():
 
 
 @cpp
+def test_sequence_nan_propagates_and_float32_activations_are_accurate():
+    inputs = make_sequence_inputs(3, 1, 4, 6)
+    inputs[0][1, 2, 3] = float("nan")
+    h_all, _ = lstm_sequence(*inputs)
+    assert torch.isnan(h_all[1, 0, 2:]).any() and torch.isfinite(h_all[1, 0, :2]).all()
+    assert torch.isfinite(h_all[0]).all() and torch.isfinite(h_all[2]).all()  # other rows untouched
+    # The float32 path computes exp without a library call: check it over the whole useful range.
+    gates = torch.linspace(-100, 100, 4 * 4001).view(4001, 4)
+    gates = gates.repeat(1, 4)[:, :16].contiguous()
+    c_prev = torch.randn(4001, 4)
+    got = torch.ops.fastvae.lstm_cell_forward(gates, c_prev)
+    from fastvae.ops import lstm_cell_reference
+    want = lstm_cell_reference(gates.double(), c_prev.double())
+    for g, w in zip(got, want):
+        assert_close(g.double(), w, 3e-7, 1e-6)
+
+
+@cpp
+@pytest.mark.parametrize("B,K", [(37, 3), (5, 7)])
+def test_sequence_many_rows_split_across_threads(B, K):
+    inputs = make_sequence_inputs(B, K, 4, 9, requires_grad=True)
+    h_all, c_last = lstm_sequence(*inputs)
+    ref = [t.detach().clone().requires_grad_() for t in inputs]
+    h_ref, c_ref = lstm_sequence_reference(*ref)
+    assert_close(h_all, h_ref, 1e-5, 1e-4)
+    upstream = torch.randn_like(h_ref)
+    (h_all * upstream).sum().backward()
+    (h_ref * upstream).sum().backward()
+    for got, want in zip(inputs, ref):
+        assert_close(got.grad, want.grad, 1e-4, 1e-3)
+
+
+@cpp
 def test_sequence_non_contiguous_inputs():
     B, K, T, H = 3, 2, 5, 4
     strided = [torch.randn(T, B, 4 * H).transpose(0, 1), torch.randn(K, B, 4 * H).transpose(0, 1),
