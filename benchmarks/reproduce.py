@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default runs/reproduce-<config>-<budget>)")
     p.add_argument("--table", default=None, help="also write the markdown table to this path")
     p.add_argument("--progress", action="store_true", help="show the trainer's progress bars")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 helps on a machine shared with other jobs)")
     return p
 
 
@@ -385,8 +387,18 @@ def write_outputs(out: str, table: str, payload: dict, extra_table: str | None) 
             handle.write(title + f"Command: `{payload['command']}`\n\n" + table)
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def main(argv=None) -> int:
     args, budget, recipes, published, out = resolve_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     os.makedirs(out, exist_ok=True)
     data_dir, data_info = prepare_data(args.data, out, budget, args.seed)
     corpus = load_data(data_dir, budget)
@@ -397,7 +409,8 @@ def main(argv=None) -> int:
     payload = {"command": command, "config": args.config, "budget": dataclasses.asdict(budget), "recipes": recipes,
                "published": published, "data": data_info, "device": args.device, "seed": args.seed,
                "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "load_average_start": list(os.getloadavg()), "vocab_size": len(corpus.vocab), "runs": []}
+               "load_average_start": list(os.getloadavg()), "vocab_size": len(corpus.vocab),
+               "threads": _torch_threads(), "runs": []}
     print(f"reproduce: config {args.config}, recipes {', '.join(recipes)}, budget {budget}, data {data_info}, "
           f"vocabulary {len(corpus.vocab)}, out {out}", flush=True)
     status = "finished"
