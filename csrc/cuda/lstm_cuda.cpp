@@ -1,8 +1,8 @@
 // CUDA glue of the fused LSTM ops: the device-generic loops of lstm_loops.h (GEMMs through ATen ->
 // cuBLAS, on the current stream) with the pointwise steps of lstm_kernels.cu, plus launch checks.
 // Built only in CUDA builds (it needs torch's CUDA headers).
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "../lstm_loops.h"
@@ -21,12 +21,12 @@ struct CudaDevice {
 
   template <typename T>
   static void forward_step(const StepForwardArgs<T>& a) {
-    const cudaError_t err = cuda::lstm_step_forward(a, at::cuda::getCurrentCUDAStream().stream());
+    const cudaError_t err = cuda::lstm_step_forward(a, c10::cuda::getCurrentCUDAStream().stream());
     TORCH_CHECK(err == cudaSuccess, "fastvae.lstm: CUDA forward kernel launch failed: ", cudaGetErrorString(err));
   }
   template <typename T>
   static void backward_step(const StepBackwardArgs<T>& a) {
-    const cudaError_t err = cuda::lstm_step_backward(a, at::cuda::getCurrentCUDAStream().stream());
+    const cudaError_t err = cuda::lstm_step_backward(a, c10::cuda::getCurrentCUDAStream().stream());
     TORCH_CHECK(err == cudaSuccess, "fastvae.lstm: CUDA backward kernel launch failed: ", cudaGetErrorString(err));
   }
 };

@@ -27,7 +27,7 @@ class _Stepper:
         self.h = torch.tanh(self.c)
 
     def step(self, tokens):
-        """tokens [N] -> log-probabilities of the next token [N, V] (float32 or wider)."""
+        """tokens [N] -> logits of the next token [N, V] (float32 or wider)."""
         embedded = self.decoder.embed(tokens)
         gates = torch.addmm(self.sample_gates, embedded, self.word_weight.t())
         self.h, self.c = lstm_step(gates, self.h, self.c, self.decoder.weight_hh_l0)
@@ -76,15 +76,15 @@ def _greedy_or_sample(decoder, z, bos_id, eos_id, max_len, sample, temperature, 
     finished = torch.zeros(B, dtype=torch.bool, device=z.device)
     out = []
     for _ in range(max_len):
-        log_probs = stepper.step(tokens)
+        logits = stepper.step(tokens)
         if sample:
-            logits = log_probs / temperature
+            logits = logits / temperature
             if 0 < top_k < logits.shape[1]:
                 kth = logits.topk(top_k, dim=1).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
             tokens = torch.multinomial(logits.softmax(dim=1), 1, generator=generator).squeeze(1)
         else:
-            tokens = log_probs.argmax(dim=1)
+            tokens = logits.argmax(dim=1)
         tokens = tokens.masked_fill(finished, eos_id)
         out.append(tokens)
         finished |= tokens == eos_id
