@@ -37,6 +37,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 
@@ -288,11 +289,38 @@ def run_recipe(recipe: str, corpus, args, budget: Budget, out: str, corpus_info:
     trainer = Trainer(None, corpus, recipe=recipe, out_dir=os.path.join(out, recipe), config=args.config,
                       epochs=budget.epochs, iw_samples=budget.iw_samples, device=args.device, seed=args.seed,
                       progress=args.progress, corpus_info=corpus_info, recipe_options=options)
-    test = trainer.fit()
+    try:
+        test = trainer.fit()
+    except KeyboardInterrupt:
+        raise RecipeInterrupted(_partial_result(recipe, options, trainer, start)) from None
     seconds = time.perf_counter() - start
     train_seconds = sum(r.get("seconds", 0.0) for r in trainer.history if r.get("split") == "train")
     return {"recipe": recipe, "options": options, "test": test, "best_epoch": trainer.best_epoch,
             "seconds": seconds, "train_seconds": train_seconds, "stopped_reason": trainer.stopped_reason,
+            "epochs_run": sum(1 for r in trainer.history if r.get("split") == "train")}
+
+
+class RecipeInterrupted(Exception):
+    """A recipe stopped by Ctrl-C / SIGTERM; `.result` holds its last validation metrics (or None)."""
+
+    def __init__(self, result):
+        super().__init__("interrupted")
+        self.result = result
+
+
+def _partial_result(recipe, options, trainer, start) -> dict | None:
+    """The interrupted recipe's last validation record, marked as such (no test metrics exist)."""
+    valid = [r for r in trainer.history if r.get("split") == "valid"]
+    if not valid:
+        return None
+    last = valid[-1]
+    metrics = {k: last[k] for k in ("rec", "kl", "elbo", "mi", "mi_batch", "au", "nll", "ppl", "probe_acc")
+               if k in last}
+    return {"recipe": recipe, "options": options, "test": metrics, "partial": True,
+            "partial_note": f"interrupted: validation metrics of epoch {last.get('epoch')} "
+                            f"({last.get('phase')}), no test evaluation",
+            "seconds": time.perf_counter() - start,
+            "train_seconds": sum(r.get("seconds", 0.0) for r in trainer.history if r.get("split") == "train"),
             "epochs_run": sum(1 for r in trainer.history if r.get("split") == "train")}
 
 
@@ -334,7 +362,8 @@ def render_table(runs: list[dict], *, config: str, published: str, budget: Budge
     for r in runs:
         t = r["test"]
         lines.append(" | ".join([
-            f"| `{r['recipe']}`", _num(t.get("nll")), _num(t.get("kl")), _num(t.get("mi_batch")), _num(t.get("mi")),
+            f"| `{r['recipe']}`" + (" (partial)" if r.get("partial") else ""), _num(t.get("nll")), _num(t.get("kl")),
+            _num(t.get("mi_batch")), _num(t.get("mi")),
             _num(int(t["au"]) if "au" in t else None), _num(t.get("ppl")), _num(t.get("probe_acc"), 3),
             str(r.get("epochs_run", "-")), f"{r.get('train_seconds', 0.0) / 60:.1f} min", collapse_verdict(r),
             published_cells(r["recipe"], published) + " |"]))
@@ -353,6 +382,10 @@ def render_table(runs: list[dict], *, config: str, published: str, budget: Budge
         caveat = PUBLISHED_CAVEAT.get((config, published))
         if caveat:
             notes.append(f"Caveat: {caveat}.")
+    for r in runs:
+        if r.get("partial"):
+            notes.append(f"`{r['recipe']}` (partial): {r['partial_note']}; its NLL column is empty and its other "
+                         f"columns are validation figures.")
     verdict = summary_line(runs)
     if verdict:
         notes.append(verdict)
@@ -418,8 +451,11 @@ def main(argv=None) -> int:
         print(f"\n=== {recipe} ({i + 1}/{len(recipes)}) ===", flush=True)
         try:
             payload["runs"].append(run_recipe(recipe, corpus, args, budget, out, corpus_info))
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, RecipeInterrupted) as exc:
             status = f"interrupted during {recipe}"
+            if isinstance(exc, RecipeInterrupted) and exc.result is not None:
+                payload["runs"].append(exc.result)
+                status += f" ({exc.result['partial_note']})"
             break
         done = status if i + 1 == len(recipes) else f"running ({i + 1}/{len(recipes)} recipes done)"
         table = render_table(payload["runs"], config=args.config, published=published, budget=budget,
@@ -436,4 +472,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM (e.g. `timeout`) stops like Ctrl-C: the table keeps what finished, and the interrupted
+    # recipe's last validation metrics, marked partial
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     raise SystemExit(main())

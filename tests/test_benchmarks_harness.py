@@ -350,6 +350,33 @@ def test_main_on_a_tiny_fake_run(tmp_path, monkeypatch):
     assert math.isfinite(payload["runs"][0]["test"]["nll"])
 
 
+def test_main_keeps_finished_recipes_and_a_partial_one_when_interrupted(tmp_path, monkeypatch):
+    class FakeCorpus:
+        vocab = list(range(42))
+
+    def fake_run_recipe(recipe, corpus, args, budget, out, corpus_info):
+        if recipe == "aggressive":
+            partial = _fake_run("aggressive", 5)
+            partial["test"].pop("nll")
+            partial.update(partial=True, partial_note="interrupted: validation metrics of epoch 2 (train), "
+                                                      "no test evaluation")
+            raise reproduce.RecipeInterrupted(partial)
+        return _fake_run(recipe, 0)
+
+    monkeypatch.setattr(reproduce, "load_data", lambda data_dir, budget: FakeCorpus())
+    monkeypatch.setattr(reproduce, "run_recipe", fake_run_recipe)
+    out = tmp_path / "out"
+    rc = reproduce.main(["--config", "tiny", "--budget", "small", "--recipe", "vae,aggressive,beta", "--out", str(out)])
+    assert rc == 1
+    payload = json.loads((out / "reproduce.json").read_text())
+    assert [r["recipe"] for r in payload["runs"]] == ["vae", "aggressive"]  # beta never started
+    assert payload["status"].startswith("interrupted during aggressive")
+    md = (out / "reproduce.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| `aggressive` (partial)"))
+    assert row.split("|")[2].strip() == "-"  # no test NLL claimed
+    assert "5 active units" in row and "validation figures" in md
+
+
 @pytest.mark.slow
 def test_reproduce_real_tiny_run(tmp_path):
     """reproduce.py end to end through fastvae.Trainer on the built-in corpus, one epoch, tiny model."""
