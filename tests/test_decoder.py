@@ -187,6 +187,15 @@ def test_torch_compile_traces_decoder():
     z = torch.randn(3, decoder.latent_dim)
     compiled = torch.compile(decoder, fullgraph=True, backend="aot_eager")
     assert_close(compiled(inputs, z), decoder(inputs, z), atol=1e-5)
+    if backend.cpp_available("cpu"):  # the traced graph holds the compiled op, not the Python loop
+        targets = []
+
+        def record(graph_module, example_inputs):
+            targets.extend(str(node.target) for node in graph_module.graph.nodes)
+            return graph_module
+
+        torch.compile(decoder, fullgraph=True, backend=record)(inputs, z)
+        assert "fastvae.lstm_sequence_forward" in targets
 
 
 def test_bad_inputs_have_clear_messages():
