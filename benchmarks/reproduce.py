@@ -21,7 +21,8 @@ Budgets (`--budget`): `full` is the protocol (all sentences, 100 epochs, 10-epoc
 `medium` and `small` cap the sentences and epochs for a CPU and shorten the recipes' warm-up (and the
 pretraining phase) in proportion, so the schedules complete within the run and the collapse/no-collapse
 contrast still shows. `--epochs`, `--max-train`, `--max-eval`, `--iw-samples`, `--max-vocab` override one
-value of the budget. The budget used is printed and written with the results.
+value of the budget (`--warm-up`, `--pretrain-epochs` too). The budget used is printed and written with the
+results.
 
 Output: `<out>/reproduce.json` and `<out>/reproduce.md` (rewritten after every recipe, so a stopped run
 still leaves its table), one run directory per recipe (`<out>/<recipe>/`: config.json, metrics.jsonl,
@@ -131,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-eval", type=_positive_int, default=None, help="override the budget's valid/test sentences")
     p.add_argument("--iw-samples", type=_positive_int, default=None, help="override the budget's IW samples K")
     p.add_argument("--max-vocab", type=_positive_int, default=None, help="override the budget's vocabulary cap")
+    p.add_argument("--warm-up", type=float, default=None,
+                   help="override the budget's KL warm-up epochs (aggressive, pretrain-fb)")
+    p.add_argument("--pretrain-epochs", type=_positive_int, default=None,
+                   help="override the budget's pretraining epochs (pretrain-fb)")
     p.add_argument("--published", choices=["auto", "yahoo", "yelp15", "none"], default="auto",
                    help="which published column to print (auto: from --config)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -154,8 +159,11 @@ def resolve_args(argv=None):
     if args.data is not None and not os.path.isdir(args.data):
         parser.error(f"--data {args.data!r}: no such folder (expected train/valid/test.txt or Yelp sentiment.*.0/1)")
     budget = BUDGETS[args.budget]
+    if args.warm_up is not None and not (math.isfinite(args.warm_up) and args.warm_up > 0):
+        parser.error(f"--warm-up must be a positive number of epochs, got {args.warm_up}")
     overrides = {"epochs": args.epochs, "max_train": args.max_train, "max_eval": args.max_eval,
-                 "iw_samples": args.iw_samples, "max_vocab": args.max_vocab}
+                 "iw_samples": args.iw_samples, "max_vocab": args.max_vocab, "warm_up": args.warm_up,
+                 "pretrain_epochs": args.pretrain_epochs}
     budget = dataclasses.replace(budget, **{k: v for k, v in overrides.items() if v is not None})
     if budget.pretrain_epochs is not None and budget.pretrain_epochs > budget.epochs:
         budget = dataclasses.replace(budget, pretrain_epochs=budget.epochs)

@@ -218,6 +218,8 @@ def test_resolve_args_budget_and_gpu_check_call(tmp_path):
     assert (budget.epochs, budget.iw_samples, budget.pretrain_epochs) == (1, 7, 1)  # pretraining capped by epochs
     assert published == "yelp15" and out.endswith("reproduce-yelp-small")
     assert reproduce.resolve_args(["--config", "yahoo"])[3] == "yahoo"
+    budget = reproduce.resolve_args(["--budget", "small", "--warm-up", "3.5", "--pretrain-epochs", "4"])[1]
+    assert (budget.warm_up, budget.pretrain_epochs, budget.epochs) == (3.5, 4, 5)
     assert reproduce.resolve_args(["--config", "yahoo", "--published", "none"])[3] == "none"
 
 
@@ -228,6 +230,8 @@ def test_resolve_args_budget_and_gpu_check_call(tmp_path):
     (["--budget", "tiny"], "invalid choice"),
     (["--recipe", "vae,sa-vae"], "unknown recipe"),
     (["--data", "/no/such/folder"], "no such folder"),
+    (["--warm-up", "-1"], "positive number of epochs"),
+    (["--pretrain-epochs", "0"], "positive integer"),
 ])
 def test_resolve_args_errors(argv, message, capsys):
     with pytest.raises(SystemExit):
