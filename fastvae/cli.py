@@ -47,7 +47,8 @@ def _load_training_corpus(args):
     if args.corpus and (args.data or any(files)):
         raise ValueError("conflicting options: --corpus names a built-in corpus; it cannot be combined with "
                          "--data or --train/--valid/--test")
-    vocab_opts = {"max_vocab": args.max_vocab, "min_count": args.min_count, "max_len": args.max_len}
+    vocab_opts = {k: v for k, v in (("max_vocab", args.max_vocab), ("min_count", args.min_count),
+                                    ("max_len", args.max_len)) if v is not None}
     if args.data or any(files):
         if args.data:
             corpus = load_corpus(args.data, **vocab_opts)
@@ -56,12 +57,12 @@ def _load_training_corpus(args):
             corpus = load_corpus(train=args.train, valid=args.valid, test=args.test, **vocab_opts)
             info = {"train": os.path.abspath(args.train), "valid": os.path.abspath(args.valid),
                     "test": os.path.abspath(args.test)}
-        info.update({k: v for k, v in vocab_opts.items() if v is not None})
+        info.update(vocab_opts)
         return corpus, info, False
     name = args.corpus or "grammar"
     if name not in BUILTIN_CORPORA:
         raise ValueError(f"unknown built-in corpus {name!r}: expected one of {', '.join(BUILTIN_CORPORA)}")
-    if any(v is not None for v in vocab_opts.values()):
+    if vocab_opts:
         raise ValueError("--max-vocab/--min-count/--max-len apply to corpora read from files, not built-in ones")
     return BUILTIN_CORPORA[name](), {"builtin": name}, True
 

@@ -166,6 +166,8 @@ class Trainer:
         self.model = self._build_or_check_model(model)
         self.model.to(self.device)
         self.batch_size = self.cfg.batch_size or self.model.config.batch_size
+        if self.cfg.precision == "bf16":
+            self._check_bf16()
         defaults = self.recipe.train_defaults
         self.optimizer_name = self.cfg.optimizer or defaults.get("optimizer", "sgd")
         if self.cfg.lr is not None:
@@ -220,6 +222,30 @@ class Trainer:
             raise ValueError(f"the model's vocabulary size ({model.vocab_size}) differs from the corpus's "
                              f"({len(self.corpus.vocab)})")
         return model
+
+    def _check_bf16(self):
+        """One forward+backward under bf16 autocast on two training sentences: a clear error up front when
+        an op of this model cannot run under autocast on this device, instead of a failure mid-epoch."""
+        from ..data import make_batches
+
+        probe = make_batches(self.corpus.train, 2, mode="padded", shuffle=False)[0].to(self.device)
+        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        rng = torch.get_rng_state()
+        try:
+            with self._autocast():
+                if self.is_vae:
+                    mu, logvar = self.model.encode(probe.tokens, probe.lengths)
+                    loss = self.model.reconstruction(probe.tokens, probe.lengths, mu.float()).float().mean()
+                else:
+                    loss = self.model.nll(probe.tokens, probe.lengths).float().mean()
+            loss.backward()
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"--precision bf16 is not supported by this model on {self.device} "
+                             f"({type(exc).__name__}: {exc}); use --precision fp32") from exc
+        finally:
+            self.model.zero_grad(set_to_none=True)
+            self.model.load_state_dict(state)
+            torch.set_rng_state(rng)
 
     @property
     def is_vae(self) -> bool:

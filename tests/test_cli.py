@@ -1,0 +1,138 @@
+"""The command line: train / eval / generate, their --json output, and clear errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fastvae.cli import main
+from fastvae.data import BUILTIN_CORPORA
+from fastvae.data.builtin import write_corpus
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model gains nothing from intra-op threads; on a shared 2-core machine they only contend."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("corpus")
+    write_corpus(BUILTIN_CORPORA["grammar"](seed=2, n_train=120, n_valid=30, n_test=20), str(directory))
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    """One short training run through the CLI, shared by the eval/generate tests."""
+    out = str(tmp_path_factory.mktemp("run"))
+    rc = main(["train", "--data", data_dir, "--config", "tiny", "--recipe", "vae", "--epochs", "1", "--out", out,
+               "--iw-samples", "3", "--no-progress", "--examples", "0"])
+    assert rc == 0
+    return out
+
+
+def last_json(capsys):
+    text = capsys.readouterr().out.strip().splitlines()
+    return json.loads(text[-1])
+
+
+def test_train_json_and_run_directory(data_dir, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    rc = main(["train", "--data", data_dir, "--config", "tiny", "--recipe", "cyclical", "--cycles", "2",
+               "--fb-mode", "dim", "--target-kl", "1.5", "--epochs", "1", "--out", out, "--iw-samples", "3",
+               "--no-progress", "--json"])
+    assert rc == 0
+    result = last_json(capsys)
+    assert result["out_dir"] == out and result["recipe"] == "cyclical"
+    assert {"rec", "kl", "elbo", "nll", "ppl", "mi", "mi_batch", "au"} <= set(result["test"])
+    assert {"config.json", "metrics.jsonl", "best.pt", "last.pt", "training.png"} <= set(os.listdir(out))
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["recipe"]["options"]["fb_mode"] == "dim" and config["recipe"]["options"]["cycles"] == 2
+
+
+def test_train_prints_epoch_lines_table_and_examples(data_dir, tmp_path, capsys):
+    rc = main(["train", "--train", os.path.join(data_dir, "train.txt"), "--valid", os.path.join(data_dir, "valid.txt"),
+               "--test", os.path.join(data_dir, "test.txt"), "--config", "tiny", "--recipe", "pretrain-fb",
+               "--target-kl", "2", "--epochs", "1", "--out", str(tmp_path / "r"), "--iw-samples", "2",
+               "--no-progress", "--examples", "2"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "[pretrain] epoch   1/1" in text and "[fb] epoch   1/1" in text
+    assert "test metrics" in text and "nll" in text
+    assert "reconstructions" in text and "samples from the prior" in text and "interpolation" in text
+
+
+def test_train_builtin_default_corpus_and_lm(tmp_path, capsys):
+    rc = main(["train", "--recipe", "lm", "--epochs", "1", "--out", str(tmp_path / "lm"), "--no-progress", "--json"])
+    assert rc == 0
+    result = last_json(capsys)
+    assert set(result["test"]) >= {"nll", "ppl"}
+    config = json.load(open(tmp_path / "lm" / "config.json"))
+    assert config["corpus"] == {"builtin": "grammar"} and config["model_config"]["name"] == "tiny"
+
+
+def test_eval_json(trained, data_dir, capsys):
+    rc = main(["eval", "--checkpoint", os.path.join(trained, "best.pt"), "--data", data_dir, "--iw-samples", "5",
+               "--json"])
+    assert rc == 0
+    result = last_json(capsys)
+    for key in ("rec", "kl", "elbo", "nll", "ppl", "mi", "mi_batch", "au"):
+        assert key in result
+    assert result["nll"] <= result["elbo"] + 1.0  # IW bound (K=5) is at least as tight, up to noise
+    rc = main(["eval", "--checkpoint", os.path.join(trained, "best.pt"), "--data",
+               os.path.join(data_dir, "valid.txt"), "--iw-samples", "2", "--metrics", "rec,kl"])
+    assert rc == 0
+    assert "rec" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mode", ["reconstruct", "sample", "interpolate"])
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+def test_generate_json(trained, mode, strategy, capsys):
+    args = ["generate", "--checkpoint", os.path.join(trained, "best.pt"), "--mode", mode, "--strategy", strategy,
+            "--num", "3", "--max-len", "12", "--json"]
+    if mode != "sample":
+        args += ["--sentences", "the cat likes the food", "a dog sees the park"]
+    assert main(args) == 0
+    result = last_json(capsys)
+    assert result["mode"] == mode
+    rows = result["results"]
+    assert len(rows) == {"reconstruct": 2, "sample": 3, "interpolate": 5}[mode]
+    assert all(isinstance(r["output"], str) for r in rows)
+    if mode == "interpolate":
+        assert rows[0]["t"] == 0.0 and rows[-1]["t"] == 1.0
+
+
+@pytest.mark.parametrize("args,match", [
+    (["train", "--data", "x", "--train", "y"], "conflicting"),
+    (["train", "--train", "y"], "go together"),
+    (["train", "--recipe", "vae", "--cycles", "3"], "do not apply"),
+    (["train", "--recipe", "vae", "--target-kl", "3"], "conflicting"),
+    (["train", "--corpus", "wikipedia"], "unknown built-in corpus"),
+    (["train", "--config", "gigantic", "--epochs", "1"], "gigantic"),
+    (["train", "--data", "/nonexistent/dir"], "nonexistent"),
+    (["eval", "--checkpoint", "/nonexistent.pt"], "does not exist"),
+])
+def test_clear_errors(args, match, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and match in err
+
+
+def test_argparse_rejects_unknown_choices(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--recipe", "sa-vae"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "fastvae", "train", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "--recipe" in proc.stdout and "--precision" in proc.stdout

@@ -1,0 +1,306 @@
+"""The Trainer end to end on the tiny config and a small built-in corpus: every recipe, the aggressive
+loop's stepping on a real model, the pretrain phase, decay-on-plateau, checkpoints, NaN guard, resume."""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from fastvae.data import BUILTIN_CORPORA
+from fastvae.training import Trainer, TrainingDiverged
+from fastvae.training.checkpoint import load_model, read_checkpoint
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model gains nothing from intra-op threads; on a shared 2-core machine they only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return BUILTIN_CORPORA["grammar"](seed=0, n_train=160, n_valid=40, n_test=24)
+
+
+FAST = dict(config="tiny", progress=False, verbose=False, iw_samples=4, eval_batch_size=64)
+
+
+def make(corpus, recipe="vae", **options):
+    return Trainer(None, corpus, recipe=recipe, **{**FAST, **options})
+
+
+def params_of(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+RECIPE_CASES = [
+    ("lm", {}),
+    ("vae", {}),
+    ("vae", {"kl_start": 0.1, "warm_up": 1.0, "batch_mode": "padded"}),
+    ("beta", {"beta": 0.5}),
+    ("cyclical", {"cycles": 2}),
+    ("cyclical", {"variant": "ptb-script", "cycle_epochs": 0.5}),
+    ("aggressive", {"max_inner_steps": 6, "inner_window": 3}),
+    ("pretrain-fb", {"target_kl": 2.0}),
+    ("cyclical", {"fb_mode": "dim", "target_kl": 2.0, "aggressive": True, "max_inner_steps": 4}),
+]
+
+
+@pytest.mark.parametrize("recipe,options", RECIPE_CASES, ids=[f"{r}-{i}" for i, (r, _) in enumerate(RECIPE_CASES)])
+def test_each_recipe_end_to_end(corpus, tmp_path, recipe, options):
+    out = tmp_path / "run"
+    trainer = make(corpus, recipe, epochs=1, out_dir=str(out), **options)
+    test = trainer.fit()
+    files = set(os.listdir(out))
+    assert {"config.json", "metrics.jsonl", "best.pt", "last.pt", "training.png"} <= files
+    if recipe == "pretrain-fb":
+        assert "best_pretrain.pt" in files
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in records} == {"train", "valid", "test"}
+    assert all("epoch" in r for r in records)
+    keys = {"nll", "ppl"} if recipe == "lm" else {"rec", "kl", "elbo", "nll", "mi", "mi_batch", "au"}
+    assert keys <= set(test)
+    assert all(math.isfinite(test[k]) for k in keys)
+    config = json.loads((out / "config.json").read_text())
+    assert config["recipe"]["name"] == recipe and config["train"]["epochs"] == 1
+    model, vocab, ckpt = load_model(str(out / "best.pt"))
+    assert ckpt["kind"] == ("lm" if recipe == "lm" else "vae") and len(vocab) == len(corpus.vocab)
+
+
+def test_aggressive_steps_encoder_only_then_decoder_only(corpus):
+    trainer = make(corpus, "aggressive", epochs=1, max_inner_steps=5, inner_window=2)
+    trainer._start_phase(fresh=True)
+    model, policy = trainer.model, trainer.phase.policy
+    model.train()
+    batch = trainer._batches[0].to(trainer.device)
+    enc0, dec0 = params_of(model.encoder), params_of(model.decoder)
+    seen_dec_grad_flags = []
+    original = trainer.backward_and_step
+
+    def spy(loss, **kw):
+        seen_dec_grad_flags.append(any(p.requires_grad for p in model.decoder_parameters()))
+        original(loss, **kw)
+        seen_dec_grad_flags.append(any(p.grad is not None for p in model.decoder_parameters()))
+
+    trainer.backward_and_step = spy
+    steps = policy.encoder_inner_loop(trainer, batch, kl_weight=0.5)
+    assert 2 <= steps <= 5
+    assert not any(seen_dec_grad_flags)  # frozen: no decoder weight gradients were computed
+    assert not same(params_of(model.encoder), enc0)
+    assert same(params_of(model.decoder), dec0)
+    assert all(p.requires_grad for p in model.decoder_parameters())  # restored afterwards
+    enc1 = params_of(model.encoder)
+    trainer.backward_and_step = original
+    loss, _ = trainer.compute_loss(batch, 0.5)
+    trainer.backward_and_step(loss, step_encoder=False, step_decoder=True)
+    assert same(params_of(model.encoder), enc1)
+    assert not same(params_of(model.decoder), dec0)
+
+
+def test_aggressive_switches_off_when_mi_falls(corpus, monkeypatch):
+    trainer = make(corpus, "aggressive", epochs=3, max_inner_steps=3, inner_window=3)
+    values = iter([0.5, 0.4, 0.9])
+    real = trainer._evaluate
+
+    def scripted(dataset, *, final):
+        out = real(dataset, final=final)
+        if not final:
+            out["mi_batch"] = next(values)
+        return out
+
+    monkeypatch.setattr(trainer, "_evaluate", scripted)
+    trainer.fit()
+    train_records = [r for r in trainer.history if r["split"] == "train"]
+    assert [r["aggressive"] for r in train_records] == [True, True, False]
+    assert train_records[0]["aggressive_inner_steps"] > 0 and train_records[2]["aggressive_inner_steps"] == 0
+
+
+def test_pretrain_phase_reinitialises_decoder_and_keeps_encoder(corpus):
+    trainer = make(corpus, "pretrain-fb", epochs=1, pretrain_epochs=2, target_kl=2.0)
+    seen = {}
+    original = trainer._start_phase
+
+    def spy(fresh):
+        if trainer.phase_index == 1:
+            seen["best"] = {k: v.clone() for k, v in trainer._best_state.items()}
+            original(fresh)
+            seen["after"] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        else:
+            original(fresh)
+
+    trainer._start_phase = spy
+    trainer.fit()
+    best, after = seen["best"], seen["after"]
+    enc_keys = [k for k in best if k.startswith("encoder.")]
+    dec_keys = [k for k in best if k.startswith("decoder.")]
+    assert enc_keys and dec_keys
+    assert all(torch.equal(best[k], after[k]) for k in enc_keys)  # the selected encoder, kept
+    for k in dec_keys:  # every decoder parameter re-drawn from the reference init
+        assert not torch.equal(best[k], after[k]), k
+        bound = 0.1 if "embed" in k else 0.01
+        assert after[k].abs().max() <= bound + 1e-7, k
+    phases = [r["phase"] for r in trainer.history if r["split"] == "valid"]
+    assert phases == ["pretrain", "pretrain", "fb"]
+    for r in trainer.history:
+        if r["split"] == "valid":  # selection: rec in the AE phase, the true (unmasked) ELBO after
+            expected = r["rec"] if r["phase"] == "pretrain" else r["rec"] + r["kl"]
+            assert r["selection"] == pytest.approx(expected)
+
+
+def test_decay_on_plateau_reloads_best_and_stops(corpus, monkeypatch):
+    trainer = make(corpus, "vae", epochs=10, patience=1, decay_min_epoch=0, max_decays=2)
+    values = iter([5.0, 6.0, 7.0, 8.0, 9.0])
+    real = trainer._evaluate
+    states = {}
+
+    def scripted(dataset, *, final):
+        out = real(dataset, final=final)
+        if not final:
+            out["rec"], out["kl"] = next(values), 0.0
+            states[trainer.epoch] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        return out
+
+    monkeypatch.setattr(trainer, "_evaluate", scripted)
+    trainer.fit()
+    valid = [r for r in trainer.history if r["split"] == "valid"]
+    assert len(valid) == 3  # 5 (best), 6 (decay 1), 7 (decay 2: stop)
+    assert trainer.plateau.decays == 2 and trainer.plateau.lr == pytest.approx(0.25)
+    assert trainer.stopped_reason and "decays" in trainer.stopped_reason
+    final = trainer.model.state_dict()
+    assert all(torch.equal(final[k], states[0][k]) for k in final)  # the best (epoch 1) model
+    assert trainer.optimizers["encoder"].param_groups[0]["lr"] == pytest.approx(0.25)
+
+
+def test_checkpoint_holds_the_full_training_state(corpus, tmp_path):
+    trainer = make(corpus, "aggressive", epochs=1, out_dir=str(tmp_path), max_inner_steps=3, inner_window=3)
+    trainer.fit()
+    ckpt = read_checkpoint(str(tmp_path / "last.pt"))
+    assert set(ckpt["optimizers"]) == {"encoder", "decoder"}
+    state = ckpt["trainer"]
+    for key in ("phase_index", "epoch", "position", "step", "global_step", "plateau", "best_value", "policy"):
+        assert key in state
+    assert set(state["policy"]) >= {"active", "previous_mi"}
+    assert {"torch", "python", "numpy", "data", "aux"} <= set(ckpt["rng"])
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]  # atomic writes leave no temp file
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(corpus, tmp_path):
+    trainer = make(corpus, "vae", epochs=3, out_dir=str(tmp_path), log_interval=1)
+    steps_per_epoch = len(trainer._epoch_batches())
+    bad_step = steps_per_epoch + 2  # in the second epoch
+    real = trainer.compute_loss
+
+    def poisoned(batch, kl_weight):
+        loss, stats = real(batch, kl_weight)
+        if trainer.global_step >= bad_step:
+            loss = loss * float("nan")
+            stats = {**stats, "loss_sum": stats["loss_sum"] * float("nan")}
+        return loss, stats
+
+    trainer.compute_loss = poisoned
+    with pytest.raises(TrainingDiverged, match=f"step {bad_step}"):
+        trainer.fit()
+    ckpt = read_checkpoint(str(tmp_path / "last.pt"))
+    assert ckpt["trainer"]["epoch"] == 1 and ckpt["trainer"]["position"] == 0  # the end of epoch 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("recipe,options", [("aggressive", {"max_inner_steps": 4, "inner_window": 2}),
+                                            ("pretrain-fb", {"target_kl": 2.0})])
+def test_resume_mid_epoch_is_exact(corpus, tmp_path, recipe, options):
+    common = dict(epochs=2, checkpoint_every=3, **options)
+    reference = make(corpus, recipe, out_dir=str(tmp_path / "a"), **common)
+    reference.fit()
+
+    killed = make(corpus, recipe, out_dir=str(tmp_path / "b"), **common)
+    calls = {"n": 0}
+    real = killed.compute_loss
+    stop_at = 2 * len(killed._epoch_batches()) + 4 if recipe == "pretrain-fb" else 17  # fb: in phase 2
+
+    def dies(batch, w):
+        calls["n"] += 1
+        if calls["n"] == stop_at:
+            raise KeyboardInterrupt
+        return real(batch, w)
+
+    killed.compute_loss = dies
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    resumed = make(corpus, recipe, out_dir=str(tmp_path / "b"), **common)
+    resumed.fit(resume=str(tmp_path / "b"))
+    assert same(params_of(reference.model), params_of(resumed.model))
+    assert resumed.test_metrics == reference.test_metrics
+    lines_a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    lines_b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    strip = [("seconds", "tokens_per_s")]
+    assert len(lines_a) == len(lines_b)
+    for a, b in zip(lines_a, lines_b):
+        ra, rb = json.loads(a), json.loads(b)
+        for key in strip[0]:
+            ra.pop(key, None), rb.pop(key, None)
+        assert ra == rb
+
+
+def test_bf16_autocast_trains_or_says_why(corpus):
+    try:
+        trainer = make(corpus, "vae", epochs=1, precision="bf16")
+    except ValueError as exc:  # an op of the model has no autocast support on this device
+        assert "bf16 is not supported" in str(exc) and "fp32" in str(exc)
+        return
+    test = trainer.fit()
+    assert math.isfinite(test["elbo"])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(recipe="vae", nonsense=1), "unknown Trainer option"),
+    (dict(recipe="vae", cycles=3), "do not apply to recipe 'vae'"),
+    (dict(recipe="vae", precision="fp8"), "precision"),
+    (dict(recipe="vae", optimizer="rmsprop"), "optimizer"),
+    (dict(recipe="vae", epochs=0), "epochs"),
+    (dict(recipe="vae", batch_mode="sorted"), "batch mode"),
+    (dict(recipe="vae", optimizer="adam", momentum=0.9), "conflicting"),
+    (dict(recipe="vae", device="tpu"), "device"),
+    (dict(recipe="vae", config="huge"), "huge"),
+])
+def test_bad_options_are_clear_errors(corpus, kwargs, match):
+    recipe = kwargs.pop("recipe")
+    with pytest.raises(ValueError, match=match):
+        Trainer(None, corpus, recipe=recipe, **{**FAST, **kwargs})
+
+
+def test_model_kind_must_match_recipe(corpus):
+    from fastvae.models import LSTMLM, get_config
+
+    lm = LSTMLM(len(corpus.vocab), get_config("tiny"))
+    with pytest.raises(ValueError, match="TextVAE"):
+        Trainer(lm, corpus, recipe="vae", **FAST)
+
+
+def test_public_api_exports():
+    import fastvae
+
+    assert fastvae.Trainer is Trainer
+    from fastvae.evaluation import evaluate
+
+    assert fastvae.evaluate is evaluate
+
+
+@pytest.mark.slow
+def test_vae_collapses_while_pretrain_fb_keeps_active_units():
+    corpus = BUILTIN_CORPORA["grammar"](seed=1, n_train=1200, n_valid=200, n_test=100)
+    opts = dict(config="tiny", progress=False, verbose=False, iw_samples=1, seed=3)
+    vae = Trainer(None, corpus, recipe="vae", epochs=6, **opts)
+    vae_test = vae.fit()
+    fb = Trainer(None, corpus, recipe="pretrain-fb", epochs=6, pretrain_epochs=3, warm_up=2.0, **opts)
+    fb_test = fb.fit()
+    assert vae_test["au"] == 0, vae_test
+    assert fb_test["au"] > 0, fb_test
+    assert fb_test["kl"] > vae_test["kl"] + 0.5
