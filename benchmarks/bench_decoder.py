@@ -11,7 +11,8 @@ out because it is the same GEMM for every provider and would only dilute the rat
   decode  step-by-step decoding without gradients (one step per call of the step op; generation, beam search)
 Sizes: ptb (emb 256, hidden 256), yahoo (emb 512, hidden 1024), nz 32, B = 32, T = 30 steps.
 K (samples per sentence) defaults to 50 for ptb and 10 for yahoo on a CPU (K = 500 takes minutes per round on
-2 cores); FASTVAE_BENCH_K=500 sets it for both (the GPU default is 500).
+2 cores); FASTVAE_BENCH_K=500 sets it for both (the GPU default is 500). FASTVAE_BENCH_THREADS=N sets torch's
+thread count (the default is torch's: one per core).
 """
 import json
 import os
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 from fastvae import backend
 from fastvae.ops import lstm_sequence, lstm_step
 
+if os.environ.get("FASTVAE_BENCH_THREADS"):  # e.g. 1: immune to OpenMP barrier stalls on a shared machine
+    torch.set_num_threads(int(os.environ["FASTVAE_BENCH_THREADS"]))
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ON_GPU = DEVICE == "cuda"
 DEVICE_NAME = torch.cuda.get_device_name() if ON_GPU else f"cpu ({torch.get_num_threads()} threads)"
