@@ -5,7 +5,8 @@
 - `vae` and `aggressive` trained by 2 ranks equal a single-process run with the same global batch.
   Tolerance: dropout 0 (dropout masks are drawn per shard: equal in distribution only) and the
   reparameterisation noise drawn for the global batch, so the only differences are float
-  summation orders (per-shard means, the all-reduce): parameters agree to atol 2e-5 + rtol 1e-4.
+  summation orders (per-shard means, the all-reduce): parameters agree to atol 2e-5 + rtol 1e-4
+  (measured: 4e-7 for vae at lr 1, 3e-8 for aggressive at lr 0.2).
 """
 import math
 import os
@@ -29,12 +30,14 @@ def _entry(rank, world, port, fn, args, out_dir):
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)  # 2 cores, 2 ranks
-    ctx = D.init_distributed("cpu")
+    ctx = D.init_distributed("cpu", timeout_s=120)  # a failing rank must not hang the suite
     try:
         result = fn(ctx, *args)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        D.shutdown(ctx)
+    except BaseException:
+        D.shutdown(ctx, wait=False)
+        raise
+    D.shutdown(ctx)
 
 
 def run_ranks(fn, *args, world=2):
@@ -209,7 +212,10 @@ def test_bad_backend_choice():
 # ----------------------------------------------------------------------------- the trainer on 2 ranks
 CORPUS = dict(seed=0, n_train=160, n_valid=40, n_test=24)
 TRAIN = dict(progress=False, verbose=False, iw_samples=2, eval_batch_size=16, batch_size=16, epochs=1, seed=7)
-CASES = [("vae", {"kl_start": 0.2, "warm_up": 1.0}), ("aggressive", {"max_inner_steps": 6, "inner_window": 2})]
+# lr 0.2 for aggressive: at lr 1.0 its ~80 encoder sub-steps amplify rounding differences chaotically
+# (measured: 1e-2 after 78 sub-steps, with identical inner-loop decisions); at 0.2 they agree to ~3e-8
+CASES = [("vae", {"kl_start": 0.2, "warm_up": 1.0}),
+         ("aggressive", {"max_inner_steps": 6, "inner_window": 2, "lr": 0.2})]
 PARAM_TOL = dict(atol=2e-5, rtol=1e-4)
 
 

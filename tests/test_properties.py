@@ -113,7 +113,7 @@ def test_corpus_reader_missing_file_and_empty_split(tmp_path):
     (tmp_path / "test.txt").write_text("a\n")
     with pytest.raises((ValueError, FileNotFoundError), match="valid"):
         load_corpus(tmp_path)
-    with pytest.raises(FileNotFoundError, match="nothere"):
+    with pytest.raises((ValueError, FileNotFoundError), match="nothere"):
         load_corpus(train=str(tmp_path / "nothere.txt"), valid=str(tmp_path / "test.txt"),
                     test=str(tmp_path / "test.txt"))
 

@@ -37,7 +37,7 @@ import copy
 import datetime
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.distributed as dist
@@ -149,9 +149,14 @@ def init_distributed(device: str | torch.device = "cpu", *, backend: str | None 
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, backend=chosen, device=device)
 
 
-def shutdown(ctx: DistContext) -> None:
-    """Leaves the process group (a no-op for a single process)."""
+def shutdown(ctx: DistContext, *, wait: bool = True) -> None:
+    """Leaves the process group (a no-op for a single process).
+
+    `wait=True` (a normal end): a barrier first, so no rank tears the group down while another
+    (rank 0 writing its last files) still uses it. After an error, `wait=False` leaves at once."""
     if ctx.enabled and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -178,9 +183,17 @@ def shard_batch(batch, ctx: DistContext):
     the batch has fewer rows than there are ranks."""
     if not ctx.enabled:
         return batch
-    rows = ctx.rows(batch.tokens.shape[0])
-    labels = None if batch.labels is None else batch.labels[rows]
-    return replace(batch, tokens=batch.tokens[rows], lengths=batch.lengths[rows], labels=labels)
+    size = batch.tokens.shape[0]
+    rows = ctx.rows(size)
+    changes = {}
+    names = [f.name for f in fields(batch)]
+    for name in names:  # every per-row tensor (tokens, lengths, labels, dataset indices, ...)
+        value = getattr(batch, name)
+        if torch.is_tensor(value) and value.dim() >= 1 and value.shape[0] == size:
+            changes[name] = value[rows]
+    if "num_target_tokens" in names:
+        changes["num_target_tokens"] = int((changes["lengths"] - 1).sum())
+    return replace(batch, **changes)
 
 
 def shard_batches(batches, ctx: DistContext) -> list:
@@ -433,6 +446,8 @@ def bucket_shard_indices(lengths, batch_size: int, ctx: DistContext) -> torch.Te
 def subset_dataset(dataset, indices):
     """A shallow copy of a `TextDataset` holding only the sentences (and labels) at `indices`."""
     indices = [int(i) for i in indices]
+    if hasattr(dataset, "subset"):
+        return dataset.subset(indices)
     part = copy.copy(dataset)
     part.sentences = [dataset.sentences[i] for i in indices]
     labels = getattr(dataset, "labels", None)
@@ -442,7 +457,6 @@ def subset_dataset(dataset, indices):
 
 
 _SUMMED = ("rec", "kl", "elbo", "nll", "mi_batch")  # per-sentence means in `evaluate`'s result
-_WHOLE_SET = ("mi", "au", "au_var", "probe_acc")
 
 
 def distributed_evaluate(model, dataset, ctx: DistContext, *, batch_size: int = 32, iw_samples: int = 500,
@@ -461,62 +475,63 @@ def distributed_evaluate(model, dataset, ctx: DistContext, *, batch_size: int = 
         return evaluate(model, dataset, batch_size=batch_size, iw_samples=iw_samples, metrics=metrics,
                         device=device, generator=generator, batch_mode=batch_mode)
     is_vae = hasattr(model, "encode")
-    default = ["rec", "kl", "elbo", "nll", "ppl", "mi", "mi_batch", "au"] if is_vae else ["nll", "ppl"]
-    wanted = list(default if metrics is None else metrics)
-    if is_vae and metrics is None and getattr(dataset, "labels", None) is not None:
-        wanted.append("probe_acc")
-    lengths = [len(s) for s in dataset.sentences]
+    allowed = ("rec", "kl", "elbo", "nll", "ppl", "mi", "mi_batch", "au", "probe_acc") if is_vae else ("nll", "ppl")
+    wanted = list(allowed if metrics is None else metrics)
+    unknown = sorted(set(wanted) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {', '.join(allowed)}")
+    if iw_samples == 0 and "nll" in wanted:
+        wanted.remove("nll")
+    lengths = [len(sentence) for sentence in dataset.sentences]
     indices = bucket_shard_indices(lengths, batch_size, ctx)
     shard = subset_dataset(dataset, indices)
     # per-rank generators: independent draws, reproducible from the caller's seed
     seed = int(torch.randint(2 ** 62, (1,), generator=generator).item()) if generator is not None else 0
     local_gen = torch.Generator(device=torch.device(device)).manual_seed(seed + 7919 * (ctx.rank + 1))
 
-    local_metrics = [m for m in wanted if m in _SUMMED or m == "ppl"]
-    if "ppl" in local_metrics and "nll" not in local_metrics:
-        local_metrics.append("nll")
-    sums = {"num_sentences": len(shard.sentences), "num_tokens": 0}
-    if len(shard.sentences) > 0 and local_metrics:
-        part = evaluate(model, shard, batch_size=batch_size, iw_samples=iw_samples,
-                        metrics=local_metrics,
-                        device=device, generator=local_gen, batch_mode=batch_mode)
-        count = len(shard.sentences)
-        for key in local_metrics:
-            if key in _SUMMED and key in part:
+    local = [m for m in wanted if m in _SUMMED or m == "ppl"]
+    if is_vae and "ppl" in local:  # ppl needs the summed nll (or, without IW samples, the elbo)
+        local.append("nll" if iw_samples > 0 else "elbo")
+    local = list(dict.fromkeys(local))
+    sums = {key: 0.0 for key in _SUMMED}
+    count = len(shard.sentences)
+    if count > 0 and local:
+        part = evaluate(model, shard, batch_size=batch_size, iw_samples=iw_samples, metrics=local, device=device,
+                        generator=local_gen, batch_mode=batch_mode)
+        for key in sums:
+            if key in part:
                 sums[key] = float(part[key]) * count
-        sums["num_tokens"] = int(part.get("num_tokens", shard.num_tokens()))
-    elif len(shard.sentences) > 0:
-        sums["num_tokens"] = int(shard.num_tokens())
-    for key in local_metrics:
-        if key in _SUMMED:
-            sums.setdefault(key, 0.0)
+    sums["num_sentences"] = count
+    sums["num_tokens"] = int(shard.num_tokens()) if count > 0 else 0
     total = allreduce_sums(sums, ctx)
-    result = {"num_sentences": total["num_sentences"], "num_tokens": total["num_tokens"]}
-    n = max(total["num_sentences"], 1)
-    for key in local_metrics:
-        if key in _SUMMED and key in wanted:
-            result[key] = total[key] / n
+    n, tokens = total["num_sentences"], total["num_tokens"]
+    result = {"num_sentences": n, "num_tokens": tokens}
+    for key in _SUMMED:
+        if key in local or (key in ("rec", "kl") and "elbo" in local):
+            result[key] = total[key] / max(n, 1)
     if "ppl" in wanted:
-        result["ppl"] = math.exp(total["nll"] / max(total["num_tokens"], 1))
-        if "nll" in wanted:
-            result["nll"] = total["nll"] / n
+        if "nll" in local:
+            result["ppl"] = math.exp(total["nll"] / max(tokens, 1))
+        else:
+            result["ppl"] = math.exp(total["elbo"] / max(tokens, 1))
+            result["ppl_from"] = "elbo"
 
-    if is_vae and any(m in wanted for m in _WHOLE_SET):
-        if len(shard.sentences) > 0:
+    whole_set = [m for m in ("mi", "au", "probe_acc") if m in wanted]
+    if is_vae and whole_set:
+        if count > 0:
             mu, logvar = posterior_stats(model, shard, batch_size=batch_size, device=device)
         else:
-            dims = model.config.latent_dim
-            mu = logvar = torch.zeros((0, dims), device=device)
+            mu = logvar = torch.zeros((0, model.config.latent_dim), device=device)
         mu_all = gather_rows_in_order(mu.float(), indices, len(dataset.sentences), ctx)
         logvar_all = gather_rows_in_order(logvar.float(), indices, len(dataset.sentences), ctx)
         if "mi" in wanted:
             mi_gen = torch.Generator(device=mu_all.device).manual_seed(seed)
             result["mi"] = float(F.mutual_information(mu_all, logvar_all, generator=mi_gen))
-        if "au" in wanted or "au_var" in wanted:
-            if mu_all.shape[0] >= 2:
-                count, var = F.active_units(mu_all, threshold=au_threshold)
-                result["au"], result["au_var"] = int(count), var.tolist()
-        if "probe_acc" in wanted and getattr(dataset, "labels", None) is not None:
-            result["probe_acc"] = float(linear_probe_accuracy(mu_all.cpu(), dataset.labels))
+        if "au" in wanted:
+            au, var = F.active_units(mu_all, threshold=au_threshold)
+            result["au"], result["au_var"] = int(au), [float(v) for v in var]
+        labels = getattr(dataset, "labels", None)
+        if "probe_acc" in wanted and labels is not None and n >= 10:
+            result["probe_acc"] = float(linear_probe_accuracy(mu_all, labels.to(mu_all.device)))
     # identical dicts on every rank, whatever floating-point noise the local parts carry
     return broadcast_object(result, ctx)
