@@ -295,12 +295,11 @@ def test_public_api_exports():
 
 @pytest.mark.slow
 def test_vae_collapses_while_pretrain_fb_keeps_active_units():
-    corpus = BUILTIN_CORPORA["grammar"](seed=1, n_train=1200, n_valid=200, n_test=100)
-    opts = dict(config="tiny", progress=False, verbose=False, iw_samples=1, seed=3)
-    vae = Trainer(None, corpus, recipe="vae", epochs=6, **opts)
-    vae_test = vae.fit()
-    fb = Trainer(None, corpus, recipe="pretrain-fb", epochs=6, pretrain_epochs=3, warm_up=2.0, **opts)
-    fb_test = fb.fit()
+    # Adam (the trainers' option) so that the tiny model learns within a few epochs of 3,000 sentences
+    corpus = BUILTIN_CORPORA["grammar"](seed=1, n_train=3000, n_valid=300, n_test=100)
+    opts = dict(config="tiny", progress=False, verbose=False, iw_samples=2, optimizer="adam")
+    vae_test = Trainer(None, corpus, recipe="vae", epochs=5, **opts).fit()
+    fb_test = Trainer(None, corpus, recipe="pretrain-fb", epochs=5, pretrain_epochs=5, warm_up=2.0, **opts).fit()
     assert vae_test["au"] == 0, vae_test
     assert fb_test["au"] > 0, fb_test
-    assert fb_test["kl"] > vae_test["kl"] + 0.5
+    assert fb_test["kl"] > vae_test["kl"] + 1.0
