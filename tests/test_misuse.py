@@ -141,3 +141,18 @@ def test_distributed_launch_on_missing_device(monkeypatch, capsys):
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", "29999")
     assert "CUDA" in _error(capsys, ["train", "--device", "cuda", "--epochs", "1", "--no-progress"])
+
+
+def test_resume_with_another_model_config_is_refused(run, corpus, tmp_path):
+    resume_dir = tmp_path / "resume"
+    shutil.copytree(run["out"], resume_dir)
+
+    def widen(ckpt):
+        ckpt["model_config"]["latent_dim"] += 3
+
+    _edited_checkpoint(resume_dir / "last.pt", resume_dir / "last.pt", widen)
+    from fastvae.data import load_corpus
+
+    trainer = Trainer(None, load_corpus(run["data"]), recipe="vae", out_dir=str(resume_dir), epochs=1, **FAST)
+    with pytest.raises(ValueError, match="holds a model with config"):
+        trainer.fit(resume=str(resume_dir))
