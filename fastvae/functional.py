@@ -185,7 +185,8 @@ def free_bits_kl(mu, logvar, target: float = 0.0, mode: str = "none"):
 
 
 @_free_bits_doc
-def sample_and_kl(mu, logvar, nsamples: int = 1, target: float = 0.0, mode: str = "none", generator=None):
+def sample_and_kl(mu, logvar, nsamples: int = 1, target: float = 0.0, mode: str = "none", generator=None,
+                  eps=None):
     """One fused pass for a training step: (z, kl_loss, kl_per_dim_mean).
 
     z: reparameterised samples, [B, D] (nsamples=1) or [B, K, D], input dtype, differentiable;
@@ -193,12 +194,23 @@ def sample_and_kl(mu, logvar, nsamples: int = 1, target: float = 0.0, mode: str 
     kl_per_dim_mean: the unmasked KL per dimension averaged over the batch, [D], detached (for
     logging; its sum is the per-sentence KL). On the Triton backend the forward is one kernel
     (one read of mu/logvar, one write of z) and the backward is one kernel.
+    `eps`: the standard-normal noise [B, nsamples, D] to use instead of drawing it (for example
+    each data-parallel rank's rows of one draw for the global batch); `generator` is then unused.
     {MODES}"""
     fn = "sample_and_kl"
     _check_posterior(fn, mu, logvar)
     nsamples = _check_nsamples(fn, nsamples)
     target = _check_free_bits(fn, target, mode)
-    eps = _draw_noise(fn, mu, nsamples, generator)
+    if eps is None:
+        eps = _draw_noise(fn, mu, nsamples, generator)
+    else:
+        _check_tensor("eps", fn, eps, ranks=(3,))
+        if tuple(eps.shape) != (mu.shape[0], nsamples, mu.shape[1]):
+            raise ValueError(f"{fn}: eps must have shape [B, nsamples, D] = {[mu.shape[0], nsamples, mu.shape[1]]}, "
+                             f"got {list(eps.shape)}")
+        if eps.device != mu.device:
+            raise ValueError(f"{fn}: eps and mu must be on the same device, got {eps.device} and {mu.device}")
+        eps = eps.to(torch.float64 if mu.dtype == torch.float64 else torch.float32).contiguous()
     _interpreter_first(mu.device)
     use_triton = backend.select(OP_SAMPLE_AND_KL, mu.device) == "triton"
     module = _kernels("sample_and_kl", mu.device)

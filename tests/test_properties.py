@@ -243,3 +243,24 @@ def test_functional_random_arguments(value, which):
     # accepted: the value was a valid one, so the result is well formed
     result = out[0] if isinstance(out, tuple) else out
     assert torch.is_tensor(result) or isinstance(result, int)
+
+
+@PROPERTY
+@given(post=posteriors(max_rows=6, lo=-5.0, hi=5.0), mode=st.sampled_from(F.FREE_BITS_MODES),
+       nsamples=st.integers(1, 3), seed=st.integers(0, 2 ** 31), cut=st.integers(0, 6))
+def test_sample_and_kl_with_given_noise(post, mode, nsamples, seed, cut):
+    """eps= gives what the generator's draw gives, and rows of one draw are the rows' own samples
+    (how data-parallel ranks share the global batch's noise)."""
+    mu, logvar = post
+    target = 0.0 if mode == "none" else 1.0
+    drawn = F.sample_and_kl(mu, logvar, nsamples, target, mode, generator=torch.Generator().manual_seed(seed))
+    dtype = torch.float64 if mu.dtype == torch.float64 else torch.float32
+    eps = torch.randn((mu.shape[0], nsamples, mu.shape[1]), generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    given_noise = F.sample_and_kl(mu, logvar, nsamples, target, mode, eps=eps)
+    for a, b in zip(drawn, given_noise):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    rows = slice(0, min(cut, mu.shape[0]) or 1)
+    part = F.sample_and_kl(mu[rows], logvar[rows], nsamples, target, mode, eps=eps[rows])
+    torch.testing.assert_close(part[0], drawn[0][rows], rtol=0, atol=0, equal_nan=True)
+    with pytest.raises(ValueError, match="eps must have shape"):
+        F.sample_and_kl(mu, logvar, nsamples + 1, target, mode, eps=eps)
