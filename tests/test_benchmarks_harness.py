@@ -220,6 +220,9 @@ def test_resolve_args_budget_and_gpu_check_call(tmp_path):
     assert reproduce.resolve_args(["--config", "yahoo"])[3] == "yahoo"
     budget = reproduce.resolve_args(["--budget", "small", "--warm-up", "3.5", "--pretrain-epochs", "4"])[1]
     assert (budget.warm_up, budget.pretrain_epochs, budget.epochs) == (3.5, 4, 5)
+    assert budget.optimizer == "adam" and reproduce.BUDGETS["full"].optimizer is None  # full = the papers' SGD
+    assert reproduce.resolve_args(["--budget", "small", "--optimizer", "recipe"])[1].optimizer is None
+    assert reproduce.resolve_args(["--budget", "full", "--optimizer", "adam"])[1].optimizer == "adam"
     assert reproduce.resolve_args(["--config", "yahoo", "--published", "none"])[3] == "none"
 
 
@@ -351,6 +354,7 @@ def test_main_on_a_tiny_fake_run(tmp_path, monkeypatch):
     md = table_path.read_text()
     assert md == (out / "reproduce.md").read_text()
     assert "Run status: finished" in md and "`vae` collapsed (AU 0)" in md and "355.9 / 3.7 / 2.3" in md
+    assert "Adam 1e-3 (a deviation from the papers' SGD" in md
     assert math.isfinite(payload["runs"][0]["test"]["nll"])
 
 
