@@ -117,3 +117,37 @@ def test_linear_probe():
     assert linear_probe_accuracy(noise, labels) < 0.75
     with pytest.raises(ValueError, match="too few"):
         linear_probe_accuracy(torch.randn(2, 2), torch.tensor([0, 1]))
+
+
+def test_iw_nll_matches_quadrature_when_z_matters(corpus):
+    """nz = 1: log p(x) = log int p(x|z) N(z; 0, 1) dz is computable on a grid, with a decoder that uses z and
+    a proposal q(z|x) that is not the prior. The IW estimate must agree within its own standard error, which
+    the grid also gives: Var_q[w] / p(x)^2 = int (p(x|z) N(z))^2 / q(z) dz / p(x)^2 - 1."""
+    from fastvae.data.batching import collate
+    from fastvae.models import ModelConfig
+
+    m = TextVAE(len(corpus.vocab), ModelConfig("quad", 16, 16, 16, 1, 8)).eval()
+    for p in m.parameters():
+        torch.nn.init.uniform_(p, -0.3, 0.3)
+    with torch.no_grad():
+        m.decoder.latent_to_cell.weight.uniform_(-1.0, 1.0)      # z moves the decoder by a few nats
+        m.encoder.to_posterior.weight[0].uniform_(-0.1, 0.1)    # mu(x) in (-1.6, 1.6)
+        m.encoder.to_posterior.weight[1].uniform_(-0.02, 0.02)  # var(x) in about (0.7, 1.4): weights stay bounded
+    data = corpus.valid.subset(range(6))
+    b = collate(data, range(len(data)))
+    grid = torch.linspace(-9.0, 9.0, 1801)
+    dz = float(grid[1] - grid[0])
+    with torch.no_grad():
+        mu, logvar = m.encode(b.tokens, b.lengths)
+        log_px_z = -m.reconstruction(b.tokens, b.lengths, grid.view(1, -1, 1).expand(len(data), -1, 1))  # [B, G]
+        log_prior = -0.5 * grid.square() - 0.5 * math.log(2 * math.pi)
+        log_joint = (log_px_z + log_prior).double()
+        exact = torch.logsumexp(log_joint, 1) + math.log(dz)                                             # log p(x)
+        log_q = F.gaussian_log_prob(grid.view(1, -1, 1).expand(len(data), -1, 1), mu, logvar).double()
+        rel_var = (torch.logsumexp(2 * log_joint - log_q, 1) + math.log(dz) - 2 * exact).exp() - 1
+    assert (log_px_z.max(1).values - log_px_z.min(1).values).min() > 0.5, "the test needs a decoder that uses z"
+    K = 2000
+    nll = iw_nll(m, data, K=K, batch_size=4, batch_mode="padded")
+    # -log of a mean of K weights: delta-method standard error sqrt(rel_var / K), bias rel_var / (2K).
+    tol = 6 * (rel_var / K).sqrt() + rel_var / K + 1e-3
+    assert ((nll + exact).abs() <= tol).all(), (nll, -exact, tol)
