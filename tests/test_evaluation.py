@@ -151,3 +151,14 @@ def test_iw_nll_matches_quadrature_when_z_matters(corpus):
     # -log of a mean of K weights: delta-method standard error sqrt(rel_var / K), bias rel_var / (2K).
     tol = 6 * (rel_var / K).sqrt() + rel_var / K + 1e-3
     assert ((nll + exact).abs() <= tol).all(), (nll, -exact, tol)
+
+
+def test_vocabulary_and_device_mismatch_are_clear_errors(corpus):
+    small = TextVAE(10, "tiny")
+    with pytest.raises(ValueError, match="different vocabulary"):
+        evaluate(small, corpus.valid, iw_samples=2)
+    with pytest.raises(ValueError, match="different vocabulary"):
+        iw_nll(small, corpus.valid, K=2)
+    m = TextVAE(len(corpus.vocab), "tiny")
+    with pytest.raises(ValueError, match="model's device"):
+        evaluate(m, corpus.valid, device="meta")

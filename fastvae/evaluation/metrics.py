@@ -53,20 +53,42 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
-def _batches(dataset: TextDataset, batch_size: int, batch_mode: str):
+def _batches(dataset: TextDataset, batch_size: int, batch_mode: str, model=None):
     if not isinstance(dataset, TextDataset):
         raise TypeError(f"expected a fastvae.data.TextDataset, got {type(dataset).__name__}")
     if len(dataset) == 0:
         raise ValueError(f"dataset {dataset.name!r} has no sentences to evaluate")
+    vocab_size = getattr(model, "vocab_size", None)
+    if vocab_size is not None:
+        # Once per split, on the host tensors: a corpus encoded with another vocabulary fails here, not deep
+        # inside an embedding lookup.
+        largest = int(torch.cat(dataset.sentences).max()) if dataset.num_tokens() > len(dataset) else -1
+        if largest >= vocab_size:
+            raise ValueError(f"dataset {dataset.name!r} holds word id {largest}, but the model's vocabulary has "
+                             f"{vocab_size} tokens: the corpus was encoded with a different vocabulary (load it "
+                             "with the checkpoint's vocab)")
     return make_batches(dataset, batch_size, mode=batch_mode, shuffle=False)
+
+
+def _resolve_device(model, device) -> torch.device:
+    """The model's device; `device`, when given, must be where the model's parameters are."""
+    model_device = _model_device(model)
+    if device is None:
+        return model_device
+    device = torch.device(device)
+    if device.type != model_device.type or (device.index is not None and model_device.index is not None
+                                            and device.index != model_device.index):
+        raise ValueError(f"evaluation device {device} differs from the model's device {model_device}; "
+                         f"move the model first (model.to({str(device)!r}))")
+    return model_device
 
 
 def posterior_stats(model, dataset: TextDataset, *, batch_size: int = 128, device=None, batch_mode: str = "padded"):
     """(mu, logvar), each [N, nz], in dataset order."""
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = _resolve_device(model, device)
     mu_all = logvar_all = None
     with _EvalMode(model):
-        for batch in _batches(dataset, batch_size, batch_mode):
+        for batch in _batches(dataset, batch_size, batch_mode, model):
             batch = batch.to(device)
             mu, logvar = model.encode(batch.tokens, batch.lengths)
             if mu_all is None:
@@ -99,10 +121,10 @@ def iw_nll(model, dataset: TextDataset, K: int = 500, *, batch_size: int = 32, d
     Sentences are evaluated `batch_size` at a time with all K samples at once (the decoder shares the word
     projection across samples and chunks K to bound memory), never one sentence at a time."""
     K = _check_k(K)
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = _resolve_device(model, device)
     out = torch.empty(len(dataset), dtype=torch.float64, device=device)
     with _EvalMode(model):
-        for batch in _batches(dataset, batch_size, batch_mode):
+        for batch in _batches(dataset, batch_size, batch_mode, model):
             batch = batch.to(device)
             out[batch.indices] = -iw_log_likelihood_batch(model, batch, K, generator).double()
     return out
@@ -162,8 +184,8 @@ def evaluate(model, dataset: TextDataset, *, batch_size: int = 32, iw_samples: i
         raise ValueError(f"iw_samples must be an int >= 0, got {iw_samples!r}")
     if iw_samples == 0:
         wanted.discard("nll")
-    device = torch.device(device) if device is not None else _model_device(model)
-    batches = _batches(dataset, batch_size, batch_mode)
+    device = _resolve_device(model, device)
+    batches = _batches(dataset, batch_size, batch_mode, model)
     result = {"num_sentences": len(dataset), "num_tokens": dataset.num_tokens()}
 
     if lm:
