@@ -179,3 +179,18 @@ def test_real_ptb_split_reads(shared_data):
     c = load_corpus(train=path, valid=path, test=os.path.join(shared_data, "ptb", "test.txt"))
     assert len(c.train) == 3370 and 5000 < len(c.vocab) <= 10004
     assert c.stats["test"]["unk_tokens"] > 0
+
+
+def test_overlong_line_is_refused_with_file_and_line(tmp_path):
+    good = write(tmp_path / "ok.txt", "a b\n")
+    bad = write(tmp_path / "train.txt", "a b\n" + "word " * 20 + "\nc d\n")
+    with pytest.raises(CorpusError, match=r"train.txt:2: line longer than 50 bytes"):
+        load_corpus(train=bad, valid=good, test=good, max_line_bytes=50)
+    # At the limit (newline included) the line is read; max_len then truncates it, counted.
+    exact = write(tmp_path / "exact.txt", "a b\n" + "w" * 49 + "\n")
+    c = load_corpus(train=exact, valid=good, test=good, max_line_bytes=50)
+    assert len(c.train) == 2
+    c = load_corpus(train=bad, valid=good, test=good, max_len=3)
+    assert c.stats["train"]["truncated_lines"] == 1 and [len(s) for s in c.train.sentences] == [2, 3, 2]
+    with pytest.raises(ValueError, match="max_line_bytes"):
+        load_corpus(train=good, valid=good, test=good, max_line_bytes=0)

@@ -3,8 +3,10 @@
 Rules (recipes.md): the vocabulary comes from the training split; out-of-vocabulary words of any
 split map to `<unk>`; empty lines are dropped and counted. Lines longer than `max_len` words are
 truncated to `max_len` and counted (documented truncation), so long lines never cost memory
-silently. Bytes that are not UTF-8, a missing file, or a split with no sentences raise
-`CorpusError` naming the file (and the line).
+silently. A line of more than `max_line_bytes` bytes (default 1 MiB: no sentence is that long, a
+binary file or one without newlines is) raises `CorpusError` before it is read whole. Bytes that are
+not UTF-8, a missing file, or a split with no sentences raise `CorpusError` naming the file (and
+the line).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 from .vocab import Vocab
 
 SPLITS = ("train", "valid", "test")
+MAX_LINE_BYTES = 1 << 20
 
 
 class CorpusError(ValueError):
@@ -73,10 +76,12 @@ class Corpus:
         return getattr(self, name)
 
 
-def read_split(path: str, *, max_len: int | None = None) -> RawSplit:
+def read_split(path: str, *, max_len: int | None = None, max_line_bytes: int = MAX_LINE_BYTES) -> RawSplit:
     """Tokenise one file. Labels are kept as strings here; the corpus maps them to ids."""
-    if max_len is not None and max_len < 1:
-        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
+        raise ValueError(f"max_len must be an int >= 1 (words per sentence), got {max_len!r}")
+    if isinstance(max_line_bytes, bool) or not isinstance(max_line_bytes, int) or max_line_bytes < 1:
+        raise ValueError(f"max_line_bytes must be an int >= 1, got {max_line_bytes!r}")
     if not os.path.exists(path):
         raise CorpusError(f"{path}: no such file")
     if os.path.isdir(path):
@@ -84,7 +89,11 @@ def read_split(path: str, *, max_len: int | None = None) -> RawSplit:
     token_lists, labels = [], []
     stats = {"lines": 0, "empty_lines": 0, "truncated_lines": 0, "labelled_lines": 0}
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+        # readline with a limit: a huge line (or a file without newlines) is refused before it is read whole
+        for lineno, raw in enumerate(iter(lambda: f.readline(max_line_bytes + 1), b""), start=1):
+            if len(raw) > max_line_bytes:
+                raise CorpusError(f"{path}:{lineno}: line longer than {max_line_bytes} bytes; a corpus has one "
+                                  "sentence per line (pass a larger max_line_bytes if this line is meant)")
             stats["lines"] += 1
             try:
                 line = raw.decode("utf-8")
@@ -142,9 +151,9 @@ def _label_names(raw_labels: list) -> list:
 
 
 def read_dataset(path: str, vocab: Vocab, *, name: str | None = None, max_len: int | None = None,
-                 label_names: list | None = None) -> TextDataset:
+                 label_names: list | None = None, max_line_bytes: int = MAX_LINE_BYTES) -> TextDataset:
     """One file encoded with an existing vocabulary (for evaluating a checkpoint on new text)."""
-    raw = read_split(path, max_len=max_len)
+    raw = read_split(path, max_len=max_len, max_line_bytes=max_line_bytes)
     if raw.raw_labels is not None and label_names is None:
         label_names = _label_names(raw.raw_labels)
     return _encode(raw, vocab, name or os.path.basename(path), label_names)
@@ -152,7 +161,7 @@ def read_dataset(path: str, vocab: Vocab, *, name: str | None = None, max_len: i
 
 def load_corpus(data_dir: str | None = None, *, train: str | None = None, valid: str | None = None,
                 test: str | None = None, max_vocab: int | None = None, min_count: int = 1,
-                max_len: int | None = None, vocab: Vocab | None = None) -> Corpus:
+                max_len: int | None = None, vocab: Vocab | None = None, max_line_bytes: int = MAX_LINE_BYTES) -> Corpus:
     """A corpus from a directory holding train.txt, valid.txt and test.txt, or from three explicit files.
 
     `vocab` given (for example from a checkpoint): encode with it instead of building one."""
@@ -171,7 +180,7 @@ def load_corpus(data_dir: str | None = None, *, train: str | None = None, valid:
         absent = [s for s, p in paths.items() if p is None]
         if absent:
             raise ValueError(f"load_corpus: give data_dir, or all of train/valid/test (missing: {', '.join(absent)})")
-    raws = {s: read_split(paths[s], max_len=max_len) for s in SPLITS}
+    raws = {s: read_split(paths[s], max_len=max_len, max_line_bytes=max_line_bytes) for s in SPLITS}
     if vocab is None:
         vocab = Vocab.build(raws["train"].token_lists, max_size=max_vocab, min_count=min_count)
     label_names = _label_names(raws["train"].raw_labels) if raws["train"].raw_labels is not None else None
