@@ -105,9 +105,11 @@ def _check_k(K) -> int:
     return K
 
 
-def iw_log_likelihood_batch(model, batch, K: int, generator=None) -> torch.Tensor:
-    """log p(x) ~= logsumexp_k [log p(x|z_k) + log N(z_k; 0, I) - log q(z_k|x)] - log K, for one batch: [B]."""
-    mu, logvar = model.encode(batch.tokens, batch.lengths)
+def iw_log_likelihood_batch(model, batch, K: int, generator=None, posterior=None) -> torch.Tensor:
+    """log p(x) ~= logsumexp_k [log p(x|z_k) + log N(z_k; 0, I) - log q(z_k|x)] - log K, for one batch: [B].
+
+    `posterior`: the batch's (mu, logvar) when the caller already encoded it."""
+    mu, logvar = posterior if posterior is not None else model.encode(batch.tokens, batch.lengths)
     z = F.reparameterize(mu, logvar, nsamples=K, generator=generator)              # [B, K, nz]
     log_px_z = -model.reconstruction(batch.tokens, batch.lengths, z)               # [B, K]
     log_w = log_px_z + F.standard_normal_log_prob(z) - F.gaussian_log_prob(z, mu, logvar)
@@ -210,7 +212,7 @@ def evaluate(model, dataset: TextDataset, *, batch_size: int = 32, iw_samples: i
             sums[0] += model.reconstruction(batch.tokens, batch.lengths, z).double().sum()
             sums[1] += F.kl_per_dim(mu, logvar).double().sum()
             if "nll" in wanted:
-                sums[2] -= iw_log_likelihood_batch(model, batch, iw_samples, generator).double().sum()
+                sums[2] -= iw_log_likelihood_batch(model, batch, iw_samples, generator, (mu, logvar)).double().sum()
             if "mi_batch" in wanted:
                 sums[3] += F.mutual_information(mu, logvar, generator=generator).double() * batch.size
             if need_posterior:
