@@ -66,14 +66,24 @@ def test_padded_and_single_sentence_batches_agree(corpus):
 
 def test_bucketed_and_padded_batches_give_the_same_loss(corpus):
     m = TextVAE(len(corpus.vocab), "tiny").eval()
+    for p in m.parameters():  # larger weights than the reference init, so a padding leak would show
+        torch.nn.init.uniform_(p, -0.3, 0.3)
     total = {}
     for mode in ("bucket", "padded"):
         loss = torch.zeros(len(corpus.train), dtype=torch.float64)
         for b in make_batches(corpus.train, 16, mode=mode):
-            mu, _ = m.encode(b.tokens, b.lengths)
-            loss[b.indices] = m.reconstruction(b.tokens, b.lengths, mu).double()
+            mu, logvar = m.encode(b.tokens, b.lengths)
+            rec = m.reconstruction(b.tokens, b.lengths, mu)
+            loss[b.indices] = (rec + 0.5 * (mu.square() + logvar.exp() - logvar - 1).sum(1)).double()
         total[mode] = loss
     torch.testing.assert_close(total["bucket"], total["padded"], atol=1e-4, rtol=1e-5)
+    lm = LSTMLM(len(corpus.vocab), "tiny").eval()
+    lm_total = {}
+    for mode in ("bucket", "padded"):
+        lm_total[mode] = torch.zeros(len(corpus.train))
+        for b in make_batches(corpus.train, 16, mode=mode):
+            lm_total[mode][b.indices] = lm.nll(b.tokens, b.lengths)
+    torch.testing.assert_close(lm_total["bucket"], lm_total["padded"], atol=1e-4, rtol=1e-5)
 
 
 def test_lm_masks_padding(corpus):
