@@ -179,3 +179,12 @@ def test_bucket_and_padded_evaluation_agree(corpus):
         m.encoder.to_posterior.weight.zero_()  # q = prior: with a z-free decoder every importance weight is p(x)
     nll = {mode: iw_nll(m, corpus.valid, K=3, batch_size=8, batch_mode=mode) for mode in ("bucket", "padded")}
     torch.testing.assert_close(nll["bucket"], nll["padded"], atol=1e-4, rtol=1e-5)
+
+
+def test_single_sentence_evaluation(corpus):
+    m = TextVAE(len(corpus.vocab), "tiny")
+    one = corpus.valid.subset([0])
+    r = evaluate(m, one, iw_samples=3)
+    assert r["num_sentences"] == 1 and "au" not in r and "nll" in r and "mi" in r
+    with pytest.raises(ValueError, match="at least 2 sentences"):
+        evaluate(m, one, iw_samples=3, metrics=["au"])

@@ -186,6 +186,11 @@ def evaluate(model, dataset: TextDataset, *, batch_size: int = 32, iw_samples: i
         raise ValueError(f"iw_samples must be an int >= 0, got {iw_samples!r}")
     if iw_samples == 0:
         wanted.discard("nll")
+    if not lm and isinstance(dataset, TextDataset) and len(dataset) == 1 and "au" in wanted:
+        # AU needs the variance of mu across sentences: skipped for one sentence, unless asked for by name.
+        if metrics is not None:
+            raise ValueError(f"metric 'au' needs at least 2 sentences; dataset {dataset.name!r} has 1")
+        wanted.discard("au")
     device = _resolve_device(model, device)
     batches = _batches(dataset, batch_size, batch_mode, model)
     result = {"num_sentences": len(dataset), "num_tokens": dataset.num_tokens()}
