@@ -194,3 +194,10 @@ def test_overlong_line_is_refused_with_file_and_line(tmp_path):
     assert c.stats["train"]["truncated_lines"] == 1 and [len(s) for s in c.train.sentences] == [2, 3, 2]
     with pytest.raises(ValueError, match="max_line_bytes"):
         load_corpus(train=good, valid=good, test=good, max_line_bytes=0)
+
+
+def test_byte_order_mark_and_crlf_are_not_part_of_words(tmp_path):
+    f = write(tmp_path / "bom.txt", "\ufeffhello world\r\ngood day\r\n".encode("utf-8"), "wb")
+    c = load_corpus(train=f, valid=f, test=f)
+    assert c.vocab.decode(c.train.sentences[0].tolist()) == "hello world"
+    assert "\ufeffhello" not in c.vocab.stoi and all("\r" not in w for w in c.vocab.itos)

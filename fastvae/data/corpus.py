@@ -100,6 +100,8 @@ def read_split(path: str, *, max_len: int | None = None, max_line_bytes: int = M
             except UnicodeDecodeError as exc:
                 raise CorpusError(f"{path}:{lineno}: not valid UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r});"
                                   " convert the file to UTF-8") from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a byte-order mark is not part of the first word
             label = None
             if "\t" in line:
                 label, line = line.split("\t", 1)
