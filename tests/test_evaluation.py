@@ -30,10 +30,12 @@ def latent_free_vae(vocab_size):
 def test_iw_nll_equals_exact_likelihood_when_z_is_ignored(corpus):
     m = latent_free_vae(len(corpus.vocab))
     nll = iw_nll(m, corpus.valid, K=7, batch_size=16)
+    nll_one_sample = iw_nll(m, corpus.valid, K=1, batch_size=16)  # K=1 keeps its samples axis
     mu, _ = posterior_stats(m, corpus.valid)
     exact = torch.stack([m.reconstruction(*_one(corpus.valid, i), torch.zeros(1, m.latent_dim))[0]
                          for i in range(len(corpus.valid))]).double()
     torch.testing.assert_close(nll, exact, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(nll_one_sample, exact, atol=1e-3, rtol=1e-5)
     r = evaluate(m, corpus.valid, iw_samples=5)
     assert r["kl"] == pytest.approx(0.0, abs=1e-9) and r["au"] == 0
     assert r["nll"] == pytest.approx(r["elbo"], rel=1e-5)

@@ -110,7 +110,9 @@ def iw_log_likelihood_batch(model, batch, K: int, generator=None, posterior=None
 
     `posterior`: the batch's (mu, logvar) when the caller already encoded it."""
     mu, logvar = posterior if posterior is not None else model.encode(batch.tokens, batch.lengths)
-    z = F.reparameterize(mu, logvar, nsamples=K, generator=generator)              # [B, K, nz]
+    z = F.reparameterize(mu, logvar, nsamples=K, generator=generator)
+    if K == 1:
+        z = z.unsqueeze(1)  # reparameterize returns [B, nz] for one sample; keep the samples axis
     log_px_z = -model.reconstruction(batch.tokens, batch.lengths, z)               # [B, K]
     log_w = log_px_z + F.standard_normal_log_prob(z) - F.gaussian_log_prob(z, mu, logvar)
     return torch.logsumexp(log_w, dim=1) - math.log(K)
