@@ -232,3 +232,20 @@ def test_decoder_on_gpu_matches_cpu():
     want = decoder.token_log_likelihood(inputs, inputs, z)
     got = decoder.cuda().token_log_likelihood(inputs.cuda(), inputs.cuda(), z.cuda())
     assert_close(got.cpu(), want, atol=1e-3, rtol=1e-4)
+
+
+def test_decoder_under_cpu_bf16_autocast_trains_and_generates():
+    """Autocast hands the recurrence bf16 projections and a float32 weight_hh: the op runs in one dtype."""
+    dec = LSTMDecoder(40, 8, 12, 3, dropout_in=0.0, dropout_out=0.0)
+    inputs = torch.randint(3, 40, (4, 6))
+    targets = torch.randint(3, 40, (4, 6))
+    z = torch.randn(4, 3)
+    want = dec.token_log_likelihood(inputs, targets, z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = dec.token_log_likelihood(inputs, targets, z)
+    torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.5)
+    got.float().sum().backward()
+    assert dec.weight_hh_l0.grad is not None and torch.isfinite(dec.weight_hh_l0.grad).all()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = dec.generate(z, 1, 2, 5)
+    assert len(out) == 4 and all(len(s) <= 5 for s in out)

@@ -119,12 +119,25 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def _autocast_dtype(tensor):
+    """The autocast dtype when autocast is on for this tensor's device, else None."""
+    device_type = tensor.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
 def lstm_sequence(input_gates, sample_gates, h0, c0, weight_hh):
     """Runs the recurrence on the selected backend -> (h_all [B, K, T, H], c_last [B, K, H]).
 
     Differentiable in every argument. The compiled op saves its activations only when a gradient is
     needed, and its backward skips the gradients autograd does not ask for (no weight-gradient GEMM
     when weight_hh needs none, e.g. while only the encoder is trained)."""
+    dtype = _autocast_dtype(input_gates)
+    if dtype is not None:
+        # Under autocast the projections arrive in the low-precision dtype while weight_hh stays float32
+        # (custom ops are not on autocast's lists): run the recurrence in one dtype with autocast off;
+        # the compiled kernels compute in float32 internally.
+        with torch.autocast(input_gates.device.type, enabled=False):
+            return lstm_sequence(*(t.to(dtype) for t in (input_gates, sample_gates, h0, c0, weight_hh)))
     _check_sequence(input_gates, sample_gates, h0, c0, weight_hh)
     if _select(SEQUENCE_OP.name, input_gates.device.type) == "cpp":
         save = _needs_grad(input_gates, sample_gates, h0, c0, weight_hh)
@@ -136,6 +149,10 @@ def lstm_sequence(input_gates, sample_gates, h0, c0, weight_hh):
 
 def lstm_step(input_gates, h, c, weight_hh):
     """One LSTM step on the selected backend -> (h_new, c_new); differentiable in every argument."""
+    dtype = _autocast_dtype(h)
+    if dtype is not None:  # as in lstm_sequence
+        with torch.autocast(h.device.type, enabled=False):
+            return lstm_step(*(t.to(dtype) for t in (input_gates, h, c, weight_hh)))
     _check_step(input_gates, h, c, weight_hh)
     if _select(STEP_OP.name, h.device.type) == "cpp":
         h_new, c_new, _ = torch.ops.fastvae.lstm_step_forward(input_gates, h, c, weight_hh)
