@@ -75,15 +75,49 @@ _TRAIN_FLAGS = ["epochs", "batch_size", "batch_mode", "optimizer", "lr", "moment
 
 
 def _cmd_train(args) -> int:
+    """`fastvae train`; under torchrun (WORLD_SIZE > 1) every rank runs this, data-parallel."""
+    from .training import distributed
+
+    ctx = distributed.init_distributed(args.device or _resume_device(args)) if distributed.launched_by_torchrun() \
+        else distributed.SINGLE
+    try:
+        code = _train(args, ctx)
+    except BaseException:
+        distributed.shutdown(ctx, wait=False)
+        raise
+    distributed.shutdown(ctx)
+    return code
+
+
+def _resume_device(args) -> str:
+    """The device a resumed run trained on (its config.json), to pick gloo or NCCL before the
+    checkpoint can be read; the trainer then checks it against the checkpoint's options."""
+    import json
+
+    if args.resume:
+        run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.abspath(args.resume))
+        try:
+            with open(os.path.join(run_dir, "config.json")) as handle:
+                return json.load(handle)["train"]["device"]
+        except (OSError, ValueError, KeyError):
+            pass
+    return "cpu"
+
+
+def _train(args, ctx) -> int:
     import json
 
     from .training import Trainer
     from .training.checkpoint import read_checkpoint
+    from .training.distributed import broadcast_object, main_reads
 
     if args.resume:
-        saved = read_checkpoint(os.path.join(args.resume, "last.pt") if os.path.isdir(args.resume) else args.resume)
         if any(getattr(args, f) is not None for f in _RECIPE_FLAGS + _TRAIN_FLAGS) or args.recipe or args.config:
             raise ValueError("--resume continues a run with its saved options; give no other training options")
+        last = os.path.join(args.resume, "last.pt") if os.path.isdir(args.resume) else args.resume
+        saved = main_reads(lambda: read_checkpoint(last), ctx)
+        if "trainer" not in saved or "train_config" not in saved:
+            raise ValueError(f"{last!r} holds a model only (no training state); --resume needs the last.pt of a run")
         cfg = saved["train_config"]
         recipe, recipe_options, config = cfg["recipe"], cfg["recipe_options"], cfg["config"]
         train_options = {k: cfg[k] for k in _TRAIN_FLAGS}
@@ -110,10 +144,13 @@ def _cmd_train(args) -> int:
         if builtin and recipe == "pretrain-fb" and args.recipe is None and "warm_up" not in recipe_options:
             recipe_options["warm_up"] = 2.0
         out = args.out or os.path.join("runs", f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out = broadcast_object(out, ctx)  # one run directory, named by rank 0's clock
     trainer = Trainer(None, corpus, recipe=recipe, out_dir=out, config=config, recipe_options=recipe_options,
                       corpus_info=corpus_info, progress=not args.no_progress, verbose=not args.json,
-                      **train_options)
+                      distributed=ctx, **train_options)
     test = trainer.fit(resume=args.resume)
+    if not ctx.is_main:  # rank 0 reports
+        return 0
     if args.json:
         print(json.dumps({"out_dir": out, "recipe": recipe, "best_epoch": trainer.best_epoch, "test": test}))
         return 0
@@ -260,7 +297,9 @@ def _add_train_parser(sub):
 
     p = sub.add_parser("train", help="train a text VAE (or the LSTM LM baseline) with a recipe",
                        description="Train with a published recipe. With no data argument, trains the tiny config "
-                                   "on the built-in grammar corpus.")
+                                   "on the built-in grammar corpus. Data-parallel on several processes/GPUs/"
+                                   "machines: torchrun --nproc_per_node=N -m fastvae train ... (gloo on CPUs, "
+                                   "NCCL with --device cuda; only rank 0 writes).")
     g = p.add_argument_group("data")
     g.add_argument("--data", help="directory with train.txt, valid.txt, test.txt (one sentence per line, "
                                   "optionally label<TAB>text)")

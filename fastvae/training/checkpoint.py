@@ -90,6 +90,11 @@ def load_model(path: str, device: str | torch.device = "cpu"):
     config = ModelConfig(**ckpt["model_config"])
     vocab = Vocab.from_dict(ckpt["vocab"])
     model = build_model(ckpt["kind"], len(vocab), config)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:  # missing/unexpected keys or shapes: the file was edited or is foreign
+        raise ValueError(f"checkpoint {path!r}: its weights do not match its own model config "
+                         f"({ckpt['model_config']}, vocabulary {len(vocab)}): "
+                         f"{' '.join(str(exc).split())[:400]}") from exc
     model.to(device).eval()
     return model, vocab, ckpt

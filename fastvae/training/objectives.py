@@ -37,9 +37,12 @@ class KLObjective:
         if self.mode != "none" and self.target <= 0:
             raise ValueError(f"free-bits mode {self.mode!r} needs a target > 0 (nats per sentence), got {self.target}")
 
-    def sample(self, mu, logvar, generator=None):
-        """(z [B, D], KL term to optimise (scalar, batch mean, times `scale`), unmasked KL per dim [D])."""
-        z, kl_term, kl_dim = F.sample_and_kl(mu, logvar, 1, self.target, self.mode, generator=generator)
+    def sample(self, mu, logvar, generator=None, noise=None):
+        """(z [B, D], KL term to optimise (scalar, batch mean, times `scale`), unmasked KL per dim [D]).
+
+        `noise`: the eps [B, 1, D] to use instead of drawing it (distributed training hands each
+        rank its rows of the global batch's draw); same fused op, same math."""
+        z, kl_term, kl_dim = F.sample_and_kl(mu, logvar, 1, self.target, self.mode, generator=generator, eps=noise)
         if self.scale != 1.0:
             kl_term = kl_term * self.scale
         return z, kl_term, kl_dim

@@ -26,6 +26,8 @@ import torch
 
 from .. import __version__
 from .checkpoint import FORMAT_VERSION, atomic_torch_save, capture_rng_state, read_checkpoint, restore_rng_state
+from .distributed import (SINGLE, DistContext, all_gather_object, allreduce_gradients, broadcast_parameters,
+                          distributed_evaluate, global_noise, main_reads, shard_batch)
 from .optim import DEFAULT_LR, OPTIMIZERS, PlateauDecay, make_optimizer
 from .recipes import RECIPE_OPTIONS, Recipe, build_recipe
 from .schedules import CosineRestartLR
@@ -130,10 +132,14 @@ class Trainer:
     fields>, <recipe options>) ; `.fit()` returns the final test metrics. Options are checked:
     an unknown name, or a recipe option the chosen recipe does not take, is a ValueError.
     `out_dir=None` writes nothing (the best model is kept in memory).
+    `distributed`: a `fastvae.training.distributed.DistContext` (from `init_distributed()` under
+    torchrun): every rank runs this trainer on its rows of each global batch; gradients and step
+    statistics are all-reduced, evaluation is sharded, only rank 0 writes and prints.
     """
 
     def __init__(self, model, corpus, *, recipe: str = "vae", out_dir: str | None = None,
-                 recipe_options: dict | None = None, corpus_info: dict | None = None, **options):
+                 recipe_options: dict | None = None, corpus_info: dict | None = None,
+                 distributed: DistContext | None = None, **options):
         recipe_options = dict(recipe_options or {})
         train_options = {}
         for key, value in options.items():
@@ -156,7 +162,16 @@ class Trainer:
         self.corpus = corpus
         self.corpus_info = corpus_info or {}
         self.out_dir = out_dir
+        self.dist = distributed if distributed is not None else SINGLE
+        if not isinstance(self.dist, DistContext):
+            raise ValueError(f"distributed must be a DistContext (fastvae.training.distributed.init_distributed()), "
+                             f"got {type(distributed).__name__}")
         self.device = _resolve_device(self.cfg.device)
+        if self.dist.enabled and self.device.type != self.dist.device.type:
+            raise ValueError(f"device {self.cfg.device!r} differs from the distributed context's "
+                             f"{self.dist.device}: give the same --device to every rank")
+        if self.dist.enabled:
+            self.device = self.dist.device  # cuda:LOCAL_RANK under torchrun
         if self.cfg.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ValueError("--precision bf16 asked for, but this GPU does not support bfloat16; use fp32")
         self._check_corpus(corpus)
@@ -165,6 +180,7 @@ class Trainer:
             torch.manual_seed(self.cfg.seed)
         self.model = self._build_or_check_model(model)
         self.model.to(self.device)
+        broadcast_parameters(self.model, self.dist)  # every rank starts from rank 0's weights
         self.batch_size = self.cfg.batch_size or self.model.config.batch_size
         if self.cfg.precision == "bf16":
             self._check_bf16()
@@ -194,6 +210,11 @@ class Trainer:
         self._bad_step = None
         self._data_gen = torch.Generator()
         self._aux_gen = torch.Generator().manual_seed(_derive_seed(self.cfg.seed, 1))
+        # reparameterisation noise for the whole global batch (every rank keeps it in step and
+        # takes its rows): a row's noise does not depend on the number of ranks
+        self._noise_gen = torch.Generator(device=self.device).manual_seed(_derive_seed(self.cfg.seed, 5))
+        self._rows = (0, 0)  # (this rank's rows, the global batch's rows) of the last compute_loss
+        self._pending_stats = None
         self._batches: list = []
         self._inner_steps_at_epoch_start = 0
         self.test_metrics = None
@@ -293,28 +314,61 @@ class Trainer:
 
     # ----------------------------------------------------------------- the step (used by policies)
     def compute_loss(self, batch, kl_weight: float):
-        """(loss to minimise, detached device stats) for one batch at KL weight `kl_weight`."""
+        """(loss to minimise, detached device stats) for one global batch at KL weight `kl_weight`.
+
+        Distributed: the loss is that of this rank's rows (their mean); `backward_and_step` turns
+        gradients and the stats dict (in place) into the global batch's."""
+        global_rows = batch.tokens.shape[0]
+        batch = shard_batch(batch, self.dist).to(self.device)
         tokens, lengths = batch.tokens, batch.lengths
         n = tokens.shape[0]
+        self._rows = (n, global_rows)
         words = (lengths - 1).sum()
+        if n == 0:  # a batch with fewer rows than ranks: this rank contributes nothing
+            if self.is_vae:  # keep the noise generator in step with the other ranks
+                global_noise(global_rows, self.model.config.latent_dim, self.dist, generator=self._noise_gen)
+            zero = torch.zeros((), device=self.device)
+            stats = {"loss_sum": zero, "rec_sum": zero.clone(), "kl_sum": zero.clone(), "words": words,
+                     "sentences": global_rows}
+            self._pending_stats = stats
+            return zero, stats
         with self._autocast():
             if not self.is_vae:
                 nll = self.model.nll(tokens, lengths).float()
                 loss = nll.mean()
                 detached = nll.detach().sum()
-                return loss, {"loss_sum": detached, "rec_sum": detached, "kl_sum": torch.zeros_like(detached),
-                              "words": words, "sentences": n}
+                stats = {"loss_sum": detached, "rec_sum": detached, "kl_sum": torch.zeros_like(detached),
+                         "words": words, "sentences": global_rows}
+                self._pending_stats = stats
+                return loss, stats
             mu, logvar = self.model.encode(tokens, lengths)
-            z, kl_term, kl_dim = self.phase.objective.sample(mu.float(), logvar.float())
+            mu, logvar = mu.float(), logvar.float()
+            if self.dist.enabled:
+                eps = global_noise(global_rows, mu.shape[1], self.dist, generator=self._noise_gen)
+                z, kl_term, kl_dim = self.phase.objective.sample(mu, logvar, noise=eps)
+            else:  # the same draw: [rows, 1, nz] from the noise generator
+                z, kl_term, kl_dim = self.phase.objective.sample(mu, logvar, generator=self._noise_gen)
             rec = self.model.reconstruction(tokens, lengths, z).float()
         loss = rec.mean() + kl_weight * kl_term
-        return loss, {"loss_sum": loss.detach() * n, "rec_sum": rec.detach().sum(), "kl_sum": kl_dim.sum() * n,
-                      "words": words, "sentences": n}
+        stats = {"loss_sum": loss.detach() * n, "rec_sum": rec.detach().sum(), "kl_sum": kl_dim.sum() * n,
+                 "words": words, "sentences": global_rows}
+        self._pending_stats = stats
+        return loss, stats
 
     def backward_and_step(self, loss, *, step_encoder: bool, step_decoder: bool, clip_params=None):
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if loss.requires_grad:  # an empty shard's zero loss has no graph
+            loss.backward()
+        if self.dist.enabled:
+            # exact data parallelism: the global batch's gradient on every rank (frozen parameters
+            # excluded), and the step's stats summed over ranks in the same all-reduce
+            local_rows, global_rows = self._rows
+            stats = self._pending_stats
+            keys = ("loss_sum", "rec_sum", "kl_sum", "words")
+            synced = allreduce_gradients(self.model.parameters(), self.dist, local_rows=local_rows,
+                                         global_rows=global_rows, extras={k: stats[k] for k in keys})
+            stats.update(synced)
         params = list(self.model.parameters()) if clip_params is None else list(clip_params)
         params = [p for p in params if p.grad is not None]
         if self.cfg.clip > 0 and params:
@@ -325,8 +379,9 @@ class Trainer:
             self.optimizers["decoder"].step()
 
     def random_train_batch(self):
+        """A global training batch drawn uniformly (the same on every rank; compute_loss shards it)."""
         index = int(torch.randint(len(self._batches), (1,), generator=self._aux_gen))
-        return self._batches[index].to(self.device)
+        return self._batches[index]
 
     # ----------------------------------------------------------------- evaluation
     def _evaluate(self, dataset, *, final: bool):
@@ -343,9 +398,14 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         try:
-            result = evaluate(self.model, dataset, batch_size=self.cfg.eval_batch_size,
-                              iw_samples=max(self.cfg.iw_samples, 1), metrics=metrics, device=self.device,
-                              generator=gen, batch_mode=self.cfg.batch_mode)
+            if self.dist.enabled:  # sharded; whole-set MI/AU over the union of all ranks' rows
+                result = distributed_evaluate(self.model, dataset, self.dist, batch_size=self.cfg.eval_batch_size,
+                                              iw_samples=max(self.cfg.iw_samples, 1), metrics=metrics,
+                                              device=self.device, generator=gen, batch_mode=self.cfg.batch_mode)
+            else:
+                result = evaluate(self.model, dataset, batch_size=self.cfg.eval_batch_size,
+                                  iw_samples=max(self.cfg.iw_samples, 1), metrics=metrics, device=self.device,
+                                  generator=gen, batch_mode=self.cfg.batch_mode)
         finally:
             self.model.train(was_training)
         return {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in result.items()}
@@ -360,7 +420,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- checkpoints and logs
     def _path(self, name: str) -> str | None:
-        return None if self.out_dir is None else os.path.join(self.out_dir, name)
+        """Where rank 0 writes `name`; None when nothing is written (no out_dir, or another rank)."""
+        return None if self.out_dir is None or not self.dist.is_main else os.path.join(self.out_dir, name)
 
     def _best_name(self, phase_index=None) -> str:
         phase_index = self.phase_index if phase_index is None else phase_index
@@ -372,7 +433,7 @@ class Trainer:
         flags = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()])
         return bool(flags.all())
 
-    def checkpoint_dict(self, *, resumable: bool = True) -> dict:
+    def checkpoint_dict(self, *, resumable: bool = True, rank_rng: list | None = None) -> dict:
         ckpt = {
             "format_version": FORMAT_VERSION, "fastvae_version": __version__, "kind": self.recipe.model_kind,
             "model_config": dataclasses.asdict(self.model.config), "vocab": self.corpus.vocab.to_dict(),
@@ -390,19 +451,25 @@ class Trainer:
                             "policy": self.phase.policy.state_dict(), "epoch_sums": sums,
                             "history": self.history, "stopped_reason": self.stopped_reason,
                             "inner_steps_at_epoch_start": self._inner_steps_at_epoch_start},
-                "rng": capture_rng_state(data=self._data_gen, aux=self._aux_gen),
+                "rng": capture_rng_state(data=self._data_gen, aux=self._aux_gen, noise=self._noise_gen),
                 "train_config": dataclasses.asdict(self.cfg),
+                "world_size": self.dist.world_size,
             })
+            if rank_rng is not None:  # every rank's own torch RNG (dropout) for an exact distributed resume
+                ckpt["rng"]["rank_torch"] = rank_rng
         return ckpt
 
     def save_checkpoint(self, name: str) -> None:
-        path = self._path(name)
-        if path is None:
+        if self.out_dir is None:
             return
+        # every rank checks (the parameters are the same everywhere), so all stop together
         if not self._model_is_finite():
             raise TrainingDiverged(f"the model has non-finite parameters at step {self.global_step}; "
                                    f"{name} was not written (the last good checkpoint is kept)")
-        atomic_torch_save(self.checkpoint_dict(), path)
+        rank_rng = all_gather_object(torch.get_rng_state(), self.dist) if self.dist.enabled else None
+        path = self._path(name)
+        if path is not None:
+            atomic_torch_save(self.checkpoint_dict(rank_rng=rank_rng), path)
 
     def _log_record(self, record: dict) -> None:
         self.history.append(record)
@@ -434,7 +501,7 @@ class Trainer:
         plot_history(self.history, path, title=f"{self.recipe.name} ({self.model.config.name})")
 
     def _print(self, text: str) -> None:
-        if self.cfg.verbose:
+        if self.cfg.verbose and self.dist.is_main:
             from tqdm import tqdm
 
             tqdm.write(text, file=sys.stdout)
@@ -449,6 +516,7 @@ class Trainer:
                 if self._best_state is not None:
                     self.model.load_state_dict(self._best_state)
                 self.model.reset_decoder_parameters()
+                broadcast_parameters(self.model, self.dist)  # ranks draw other random weights
             self.plateau = PlateauDecay(self.base_lr, patience=self.patience, factor=self.cfg.decay_factor,
                                         min_epoch=self.cfg.decay_min_epoch, max_decays=self.cfg.max_decays)
             self.best_value, self.best_epoch, self._best_state = math.inf, None, None
@@ -485,7 +553,7 @@ class Trainer:
         if self.position == 0:
             self._inner_steps_at_epoch_start = getattr(phase.policy, "inner_steps", 0)
         bar = None
-        if self.cfg.progress:
+        if self.cfg.progress and self.dist.is_main:
             from tqdm import tqdm
 
             bar = tqdm(total=total, initial=self.position, leave=False, dynamic_ncols=True, file=sys.stderr,
@@ -494,7 +562,7 @@ class Trainer:
         steps_done = 0
         try:
             while self.position < total:
-                batch = self._batches[self.position].to(self.device)
+                batch = self._batches[self.position]  # global; compute_loss moves this rank's rows
                 kl_weight = phase.schedule(self.step)
                 if self._lr_factor is not None:
                     self._set_lr(self.plateau.lr * self._lr_factor(self.step))
@@ -609,17 +677,17 @@ class Trainer:
         `resume`: a `last.pt` (or run directory) written by this trainer; training continues exactly
         where it stopped (same phase, epoch, batch position, optimiser, RNG and recipe state).
         """
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.dist.is_main:
             os.makedirs(self.out_dir, exist_ok=True)
         fresh = True
         if resume is not None:
             self._restore(resume)
             fresh = False
-        elif self.out_dir is not None and os.path.exists(self._path("metrics.jsonl")):
+        elif self._path("metrics.jsonl") is not None and os.path.exists(self._path("metrics.jsonl")):
             os.unlink(self._path("metrics.jsonl"))
         self._write_config()
-        if fresh:
-            torch.manual_seed(_derive_seed(self.cfg.seed, 4))
+        if fresh:  # dropout: each rank its own stream (rank 0's is the single-process one)
+            torch.manual_seed(_derive_seed(self.cfg.seed, 4) + self.dist.rank)
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._print(f"fastvae train: recipe {self.recipe.name}, model {self.model.config.name} "
                     f"({sum(p.numel() for p in self.model.parameters()):,} parameters), "
@@ -655,7 +723,7 @@ class Trainer:
 
     def _restore(self, resume: str) -> None:
         path = os.path.join(resume, "last.pt") if os.path.isdir(resume) else resume
-        ckpt = read_checkpoint(path)
+        ckpt = main_reads(lambda: read_checkpoint(path), self.dist)
         if "trainer" not in ckpt:
             raise ValueError(f"{path!r} holds a model only (no training state); resume needs a last.pt")
         if ckpt["vocab"] != self.corpus.vocab.to_dict():
@@ -663,6 +731,11 @@ class Trainer:
         if ckpt["kind"] != self.recipe.model_kind or ckpt["recipe"] != self.recipe.name:
             raise ValueError(f"{path!r} was written by recipe {ckpt['recipe']!r} ({ckpt['kind']}); "
                              f"this trainer runs {self.recipe.name!r}")
+        saved_config = ckpt.get("model_config")
+        if saved_config is not None and saved_config != dataclasses.asdict(self.model.config):
+            raise ValueError(f"{path!r} holds a model with config {saved_config}, but this trainer builds "
+                             f"{dataclasses.asdict(self.model.config)}: resume with the run's own options "
+                             f"(fastvae train --resume RUN_DIR)")
         state = ckpt["trainer"]
         self.model.load_state_dict(ckpt["model"])
         self.phase_index, self.epoch = state["phase_index"], state["epoch"]
@@ -678,9 +751,16 @@ class Trainer:
         self._new_optimizers(self.plateau.lr)
         for name, opt in self.optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][name])
-        best_path = self._path(self._best_name())
-        if self.best_epoch is not None and best_path and os.path.exists(best_path):
-            self._best_state = read_checkpoint(best_path)["model"]
+        best_path = os.path.join(os.path.dirname(os.path.abspath(path)), self._best_name())
+
+        def read_best():
+            if self.best_epoch is not None and os.path.exists(best_path):
+                return read_checkpoint(best_path)["model"]
+            return None
+
+        best = main_reads(read_best, self.dist)
+        if best is not None:
+            self._best_state = {k: v.to(self.device) for k, v in best.items()}
         if state["epoch_sums"] is not None and self.position > 0:
             sums = self._zero_sums()
             for key, value in state["epoch_sums"].items():
@@ -688,11 +768,21 @@ class Trainer:
                                                                               device=self.device)
             self._epoch_sums = sums
         # metrics.jsonl: exactly the records of the restored history
-        if self.out_dir is not None:
+        if self._path("metrics.jsonl") is not None:
             with open(self._path("metrics.jsonl"), "w") as handle:
                 for record in self.history:
                     handle.write(json.dumps(record) + "\n")
-        restore_rng_state(ckpt["rng"], aux=self._aux_gen)
+        rng = ckpt["rng"]
+        generators = {"aux": self._aux_gen}
+        if "noise" in rng:
+            generators["noise"] = self._noise_gen
+        restore_rng_state(rng, **generators)
+        if self.dist.enabled:
+            per_rank = rng.get("rank_torch")
+            if per_rank is not None and len(per_rank) == self.dist.world_size:
+                torch.set_rng_state(per_rank[self.dist.rank])
+            else:  # another world size: dropout streams restart (the run stays correct, not bitwise)
+                torch.manual_seed(_derive_seed(self.cfg.seed, 4, self.global_step) + self.dist.rank)
 
 
 def format_metrics_table(metrics: dict, title: str = "metrics") -> str:
