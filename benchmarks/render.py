@@ -160,8 +160,10 @@ def suite_status(result: dict) -> str:
     parts = []
     for name, info in result.get("suites", {}).items():
         ok = info.get("returncode") == 0
+        earlier = info.get("measured_in")
+        when = f", measured in an earlier run started {earlier.get('started')}" if earlier else ""
         parts.append(f"`{name}` {'ok' if ok else 'FAILED (rc ' + str(info.get('returncode')) + ')'}"
-                     f" ({info.get('benchmarks', 0)} benchmarks)")
+                     f" ({info.get('benchmarks', 0)} benchmarks{when})")
     return "Suites: " + ", ".join(parts) + "." if parts else "Suites: none ran."
 
 

@@ -135,6 +135,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: cuda when available (the suites pick the device the same way)")
     parser.add_argument("--suite-timeout", type=float, default=3600.0, help="seconds per suite")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other suites' rows of an existing <hardware>.json (re-run some suites only)")
     args = parser.parse_args(argv)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if args.device == "auto" else args.device)
@@ -181,6 +183,17 @@ def main(argv=None) -> int:
               flush=True)
         if info["returncode"] != 0:
             print("\n".join("    | " + line for line in info["output_tail"].splitlines()[-15:]), flush=True)
+    if args.merge and os.path.exists(os.path.join(args.out, f"{slug}.json")):
+        with open(os.path.join(args.out, f"{slug}.json")) as handle:
+            previous = json.load(handle)
+        kept = {n: s for n, s in previous.get("suites", {}).items() if n not in result["suites"]}
+        for info in kept.values():  # each kept suite says which run measured it
+            info.setdefault("measured_in", {"started": previous.get("started"), "command": previous.get("command"),
+                                            "load_average_start": previous.get("load_average_start"),
+                                            "gemm_gflops": previous.get("gemm_start", {}).get("gflops")})
+        result["suites"] = {**kept, **result["suites"]}
+        result["rows"] = [r for r in previous.get("rows", []) if r["suite"] in kept] + result["rows"]
+        result["merged_from"] = previous.get("started")
     result["gemm_end"] = floor.measure_gemm_gflops(device)
     result["load_average_end"] = load_average()
     result["floors"] = floor.floors(gemm_start["gflops"])
