@@ -424,7 +424,9 @@ def summary_line(runs: list[dict]) -> str | None:
         return None
     vae_au = int(by["vae"]["test"]["au"])
     remedies = [(name, int(by[name]["test"]["au"])) for name in REMEDIES if name in by]
-    keeping = [f"`{n}` ({au})" for n, au in remedies if au > 0]
+    partial = {name for name in by if by[name].get("partial")}
+    keeping = [f"`{n}` ({au}{', partial run: validation figures' if n in partial else ''})"
+               for n, au in remedies if au > 0]
     losing = [f"`{n}`" for n, au in remedies if au == 0]
     text = f"Contrast: `vae` {'collapsed (AU 0)' if vae_au == 0 else f'kept {vae_au} active units (no collapse)'}"
     if remedies:
