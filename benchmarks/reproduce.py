@@ -150,8 +150,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", default=None, help="also write the markdown table to this path")
     p.add_argument("--progress", action="store_true", help="show the trainer's progress bars")
     p.add_argument("--threads", type=_positive_int, default=None,
-                   help="torch CPU threads (default: torch's choice; 1 helps on a machine shared with other jobs)")
+                   help="torch CPU threads (default: torch's choice; 1 helps on a machine shared with other jobs; "
+                        "with --jobs: the cores divided among the jobs)")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="RECIPE.OPTION=VALUE",
+                   help="a recipe option for one recipe, e.g. --set cyclical.cycles=2 (repeatable; the options of "
+                        "`fastvae train`, with underscores: fb_mode, target_kl, ...)")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="run the recipes in this many processes at once (a 2-core CPU: 2 jobs of 1 thread each)")
     return p
+
+
+def parse_settings(items: list[str], recipes: list[str]) -> dict[str, dict]:
+    """{recipe: {option: value}} from `--set RECIPE.OPTION=VALUE` items, checked against the recipes' options.
+
+    Values are read as JSON where they parse (2, 0.5, true) and as text otherwise (linear, dim)."""
+    from fastvae.training.recipes import resolve_options
+
+    settings: dict[str, dict] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        recipe, dot, option = key.strip().partition(".")
+        if not sep or not dot or not recipe or not option:
+            raise ValueError(f"--set {item!r}: expected RECIPE.OPTION=VALUE, e.g. cyclical.cycles=2")
+        if recipe not in recipes:
+            raise ValueError(f"--set {item!r}: recipe {recipe!r} is not among the recipes run ({', '.join(recipes)})")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text.strip()
+        settings.setdefault(recipe, {})[option.strip().replace("-", "_")] = value
+    for recipe, options in settings.items():
+        resolve_options(recipe, options)  # unknown or conflicting options fail here, before any training
+    return settings
 
 
 def resolve_args(argv=None):
@@ -175,6 +205,10 @@ def resolve_args(argv=None):
     budget = dataclasses.replace(budget, **{k: v for k, v in overrides.items() if v is not None})
     if budget.pretrain_epochs is not None and budget.pretrain_epochs > budget.epochs:
         budget = dataclasses.replace(budget, pretrain_epochs=budget.epochs)
+    try:
+        args.recipe_settings = parse_settings(args.settings, recipes)
+    except ValueError as exc:
+        parser.error(str(exc))
     published = DEFAULT_PUBLISHED[args.config] if args.published == "auto" else args.published
     out = args.out or os.path.join("runs", f"reproduce-{args.config}-{budget.name}")
     return args, budget, recipes, published, out
@@ -287,20 +321,22 @@ def load_data(data_dir: str | None, budget: Budget):
 
 
 # ----------------------------------------------------------------------------- runs
-def recipe_options(recipe: str, budget: Budget) -> dict:
-    """The recipe's options under the budget (none under `full`: the protocol's defaults)."""
+def recipe_options(recipe: str, budget: Budget, settings: dict | None = None) -> dict:
+    """The recipe's options under the budget (none under `full`: the protocol's defaults), then the
+    user's `--set` options for it (they win)."""
     options = {}
     if budget.warm_up is not None and recipe in ("aggressive", "pretrain-fb"):
         options["warm_up"] = budget.warm_up
     if budget.pretrain_epochs is not None and recipe == "pretrain-fb":
         options["pretrain_epochs"] = budget.pretrain_epochs
+    options.update((settings or {}).get(recipe, {}))
     return options
 
 
 def run_recipe(recipe: str, corpus, args, budget: Budget, out: str, corpus_info: dict) -> dict:
     from fastvae.training import Trainer
 
-    options = recipe_options(recipe, budget)
+    options = recipe_options(recipe, budget, getattr(args, "recipe_settings", None))
     start = time.perf_counter()
     extra = {"optimizer": budget.optimizer} if budget.optimizer else {}
     trainer = Trainer(None, corpus, recipe=recipe, out_dir=os.path.join(out, recipe), config=args.config,
@@ -408,6 +444,10 @@ def render_table(runs: list[dict], *, config: str, published: str, budget: Budge
         caveat = PUBLISHED_CAVEAT.get((config, published))
         if caveat:
             notes.append(f"Caveat: {caveat}.")
+    set_options = [f"`{r['recipe']}` " + ", ".join(f"{k}={v}" for k, v in r["options"].items())
+                   for r in runs if r.get("options")]
+    if set_options:
+        notes.append("Recipe options (the budget's and `--set`): " + "; ".join(set_options) + ".")
     for r in runs:
         if r.get("partial"):
             notes.append(f"`{r['recipe']}` (partial): {r['partial_note']}; its NLL column is empty and its other "
@@ -454,8 +494,80 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
+# ----------------------------------------------------------------------------- several recipes at once
+def child_argv(args, recipe: str, out: str, threads: int) -> list[str]:
+    """The command line of one `--jobs` worker: this script, one recipe, its own output folder."""
+    argv = [sys.executable, os.path.abspath(__file__), "--recipe", recipe, "--out", out, "--threads", str(threads),
+            "--config", args.config, "--budget", args.budget, "--published", args.published, "--device", args.device,
+            "--seed", str(args.seed)]
+    if args.data is not None:
+        argv += ["--data", os.path.abspath(args.data)]
+    for flag in ("epochs", "max_train", "max_eval", "iw_samples", "max_vocab", "warm_up", "pretrain_epochs",
+                 "optimizer"):
+        value = getattr(args, flag)
+        if value is not None:
+            argv += ["--" + flag.replace("_", "-"), str(value)]
+    for option, value in args.recipe_settings.get(recipe, {}).items():
+        argv += ["--set", f"{recipe}.{option}={json.dumps(value)}"]
+    return argv
+
+
+def run_in_jobs(args, recipes: list[str], out: str) -> tuple[list[dict], str]:
+    """Runs each recipe in its own worker process, `args.jobs` at a time; returns (runs in the recipes' order,
+    status). Ctrl-C / SIGTERM stops the workers the same way (each keeps its partial result)."""
+    import subprocess
+
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    pending, running, finished = list(recipes), {}, {}
+    interrupted = False
+    try:
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                recipe = pending.pop(0)
+                folder = os.path.join(out, "jobs", recipe)
+                os.makedirs(folder, exist_ok=True)
+                log = open(os.path.join(folder, "log.txt"), "w")
+                running[recipe] = (subprocess.Popen(child_argv(args, recipe, folder, threads), stdout=log,
+                                                    stderr=subprocess.STDOUT), log)
+                print(f"started {recipe} ({threads} thread{'s' if threads > 1 else ''}; log {log.name})", flush=True)
+            time.sleep(1.0)
+            for recipe, (proc, log) in list(running.items()):
+                if proc.poll() is not None:
+                    log.close()
+                    finished[recipe] = proc.returncode
+                    del running[recipe]
+                    print(f"finished {recipe} (exit {proc.returncode})", flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        for proc, _ in running.values():
+            proc.send_signal(signal.SIGTERM)
+        for recipe, (proc, log) in running.items():
+            proc.wait()
+            log.close()
+            finished[recipe] = proc.returncode
+    runs, problems = [], []
+    for recipe in recipes:
+        path = os.path.join(out, "jobs", recipe, "reproduce.json")
+        if recipe not in finished:
+            problems.append(f"{recipe} not started")
+            continue
+        if not os.path.exists(path):
+            problems.append(f"{recipe} failed (exit {finished[recipe]}; see {os.path.join(out, 'jobs', recipe)})")
+            continue
+        with open(path) as handle:
+            child = json.load(handle)
+        runs.extend(child["runs"])
+        if child.get("status") != "finished":
+            problems.append(f"{recipe}: {child.get('status', 'no status')}")
+    if interrupted:
+        problems.insert(0, "interrupted")
+    return runs, ("finished" if not problems else "; ".join(problems))
+
+
 def main(argv=None) -> int:
     args, budget, recipes, published, out = resolve_args(argv)
+    if args.jobs > 1 and len(recipes) > 1:
+        return main_jobs(args, budget, recipes, published, out, argv)
     if args.threads:
         import torch
 
@@ -494,6 +606,33 @@ def main(argv=None) -> int:
                          data_info=data_info, device=args.device, iw_samples=budget.iw_samples, status=status)
     payload["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     payload["status"] = status
+    write_outputs(out, table, payload, args.table)
+    print("\n" + table, flush=True)
+    return 0 if status == "finished" else 1
+
+
+def main_jobs(args, budget, recipes, published, out, argv) -> int:
+    """main() with --jobs: the recipes run in worker processes; one merged table, as main() writes it."""
+    os.makedirs(out, exist_ok=True)
+    _, data_info = prepare_data(args.data, out, budget, args.seed)
+    command = "python benchmarks/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    payload = {"command": command, "config": args.config, "budget": dataclasses.asdict(budget), "recipes": recipes,
+               "published": published, "data": data_info, "device": args.device, "seed": args.seed,
+               "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "load_average_start": list(os.getloadavg()), "jobs": args.jobs,
+               "threads": args.threads or max(1, (os.cpu_count() or 1) // args.jobs)}
+    print(f"reproduce: config {args.config}, recipes {', '.join(recipes)} in {args.jobs} jobs, budget {budget}, "
+          f"data {data_info}, out {out}", flush=True)
+    start = time.perf_counter()
+    payload["runs"], status = run_in_jobs(args, recipes, out)
+    payload["wall_seconds"] = time.perf_counter() - start
+    payload["load_average_now"] = list(os.getloadavg())
+    payload["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    payload["status"] = status
+    table = render_table(payload["runs"], config=args.config, published=published, budget=budget,
+                         data_info=data_info, device=args.device, iw_samples=budget.iw_samples,
+                         status=f"{status}; {args.jobs} recipes at a time, {payload['threads']} thread(s) each, "
+                                f"{payload['wall_seconds'] / 60:.1f} min wall clock in all")
     write_outputs(out, table, payload, args.table)
     print("\n" + table, flush=True)
     return 0 if status == "finished" else 1

@@ -235,11 +235,34 @@ def test_resolve_args_budget_and_gpu_check_call(tmp_path):
     (["--data", "/no/such/folder"], "no such folder"),
     (["--warm-up", "-1"], "positive number of epochs"),
     (["--pretrain-epochs", "0"], "positive integer"),
+    (["--jobs", "0"], "positive integer"),
+    (["--recipe", "vae", "--set", "cyclical.cycles=2"], "not among the recipes run"),
+    (["--recipe", "cyclical", "--set", "cyclical.cycels=2"], "do not apply to recipe 'cyclical'"),
+    (["--recipe", "cyclical", "--set", "cycles=2"], "expected RECIPE.OPTION=VALUE"),
+    (["--recipe", "cyclical", "--set", "cyclical.cycles=2", "--set", "cyclical.cycle_epochs=3"], "conflicting"),
 ])
 def test_resolve_args_errors(argv, message, capsys):
     with pytest.raises(SystemExit):
         reproduce.resolve_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_set_options_reach_the_recipe_and_the_worker_command():
+    args, budget, recipes, _, _ = reproduce.resolve_args(
+        ["--recipe", "cyclical,pretrain-fb", "--budget", "small", "--set", "cyclical.cycles=2",
+         "--set", "pretrain-fb.fb-mode=kingma", "--set", "pretrain-fb.target_kl=4.5", "--epochs", "3"])
+    assert args.recipe_settings == {"cyclical": {"cycles": 2}, "pretrain-fb": {"fb_mode": "kingma", "target_kl": 4.5}}
+    # the user's options win over the budget's, the budget's stay where not overridden
+    options = reproduce.recipe_options("pretrain-fb", budget, args.recipe_settings)
+    assert options == {"warm_up": budget.warm_up, "pretrain_epochs": budget.pretrain_epochs, "fb_mode": "kingma",
+                       "target_kl": 4.5}
+    assert reproduce.recipe_options("vae", budget, args.recipe_settings) == {}
+    argv = reproduce.child_argv(args, "cyclical", "/tmp/x", threads=1)
+    assert argv[argv.index("--recipe") + 1] == "cyclical" and argv[argv.index("--epochs") + 1] == "3"
+    assert argv[argv.index("--set") + 1] == "cyclical.cycles=2" and argv.count("--set") == 1
+    # the worker's own parse gives back the same options
+    child, *_ = reproduce.resolve_args(argv[2:])
+    assert child.recipe_settings == {"cyclical": {"cycles": 2}} and child.jobs == 1
 
 
 def test_yelp_layout_labels_from_suffix(tmp_path):
@@ -403,3 +426,21 @@ def test_reproduce_real_tiny_run(tmp_path):
         assert (out / run["recipe"] / "metrics.jsonl").exists()
     md = (out / "reproduce.md").read_text()
     assert "`vae`" in md and "`pretrain-fb`" in md and "NLL (IW-4)" in md and "Contrast:" in md
+
+
+def test_reproduce_jobs_merge_the_workers_tables(tmp_path):
+    """--jobs 2: each recipe in its own worker process; one table in the recipes' order, options noted."""
+    for layer in ("fastvae.data", "fastvae.models", "fastvae.evaluation"):
+        pytest.importorskip(layer)
+    out = tmp_path / "run"
+    rc = reproduce.main(["--config", "tiny", "--budget", "small", "--epochs", "1", "--max-train", "64",
+                         "--max-eval", "32", "--iw-samples", "2", "--recipe", "vae,cyclical", "--jobs", "2",
+                         "--set", "cyclical.cycles=2", "--out", str(out)])
+    assert rc == 0
+    payload = json.loads((out / "reproduce.json").read_text())
+    assert [r["recipe"] for r in payload["runs"]] == ["vae", "cyclical"] and payload["status"] == "finished"
+    assert payload["runs"][1]["options"] == {"cycles": 2}
+    for recipe in ("vae", "cyclical"):
+        assert (out / "jobs" / recipe / recipe / "metrics.jsonl").exists()
+    md = (out / "reproduce.md").read_text()
+    assert "2 recipes at a time" in md and "`cyclical` cycles=2" in md
