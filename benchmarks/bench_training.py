@@ -46,8 +46,8 @@ SUBSTEP_WORKLOAD = "aggressive-substeps"
 CONFIGS = ["ptb", "yahoo"]
 PROVIDERS = ["baseline", "fastvae"]
 # outer steps per round and rounds, per size (CPU figures are slow; a GPU gets more of both)
-STEPS = {"ptb": 3, "yahoo": 2} if not ON_GPU else {"ptb": 20, "yahoo": 20}
-ROUNDS = {"ptb": 5, "yahoo": 2} if not ON_GPU else {"ptb": 10, "yahoo": 10}
+STEPS = {"ptb": 5, "yahoo": 2} if not ON_GPU else {"ptb": 20, "yahoo": 20}
+ROUNDS = {"ptb": 10, "yahoo": 2} if not ON_GPU else {"ptb": 10, "yahoo": 10}
 NUM_TRAIN = 40 * BATCH  # training sentences (the aggressive sub-steps draw random batches from them)
 
 
