@@ -26,8 +26,9 @@ START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
 RESULTS_FORMAT = "fastvae-bench-results/1"
 HEADLINE_SUITES = ("training", "iw_nll")
 GPU_PENDING = ("**GPU: pending.** No GPU figures yet: no GPU was lent to the session that produced these tables. "
-               "On a GPU machine, `bash scripts/gpu_check.sh` runs every suite there; then "
-               "`python benchmarks/run_all.py && python benchmarks/render.py` adds its table here.")
+               "On a GPU machine, `bash scripts/gpu_check.sh` runs every suite there (`benchmarks/run_all.py "
+               "--device cuda`); copying its `<hardware>.json` into `benchmarks/results/` and running "
+               "`python benchmarks/render.py` adds its table here.")
 
 
 def load_results(directory: str) -> list[dict]:
