@@ -33,6 +33,8 @@ Options: `--set RECIPE.OPTION=VALUE` gives one recipe an option of `fastvae trai
 `--set cyclical.cycles=2`; checked before any training, and listed under the table). `--jobs N` runs N
 recipes at a time, each in its own process (`<out>/jobs/<recipe>/`, with its log) with the cores divided
 among them, and merges their results into one table; on a 2-core CPU `--jobs 2` halves the wall clock.
+`--time-limit MINUTES` stops the run after that much wall clock the way Ctrl-C / SIGTERM do: the recipes
+running keep their last validation figures (marked partial), the ones not started are listed as skipped.
 """
 from __future__ import annotations
 
@@ -160,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="RECIPE.OPTION=VALUE",
                    help="a recipe option for one recipe, e.g. --set cyclical.cycles=2 (repeatable; the options of "
                         "`fastvae train`, with underscores: fb_mode, target_kl, ...)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="wall-clock limit: then the running recipes stop and keep their last validation figures "
+                        "(marked partial) and the ones not started are skipped")
     p.add_argument("--jobs", type=_positive_int, default=1,
                    help="run the recipes in this many processes at once (a 2-core CPU: 2 jobs of 1 thread each)")
     return p
@@ -200,6 +205,8 @@ def resolve_args(argv=None):
     if args.data is not None and not os.path.isdir(args.data):
         parser.error(f"--data {args.data!r}: no such folder (expected train/valid/test.txt or Yelp sentiment.*.0/1)")
     budget = BUDGETS[args.budget]
+    if args.time_limit is not None and not (math.isfinite(args.time_limit) and args.time_limit > 0):
+        parser.error(f"--time-limit must be a positive number of minutes, got {args.time_limit}")
     if args.warm_up is not None and not (math.isfinite(args.warm_up) and args.warm_up > 0):
         parser.error(f"--warm-up must be a positive number of epochs, got {args.warm_up}")
     overrides = {"epochs": args.epochs, "max_train": args.max_train, "max_eval": args.max_eval,
@@ -499,6 +506,35 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
+# ----------------------------------------------------------------------------- the time limit
+_TIME_LIMIT = {"minutes": None, "reached": False}
+
+
+def arm_time_limit(minutes: float | None) -> None:
+    """After `minutes` of wall clock, interrupt the run the way Ctrl-C does (partial results are kept)."""
+    if not minutes:
+        return
+    _TIME_LIMIT["minutes"] = minutes
+
+    def reached(signum, frame):
+        _TIME_LIMIT["reached"] = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGALRM, reached)
+    signal.setitimer(signal.ITIMER_REAL, minutes * 60.0)
+
+
+def disarm_time_limit() -> None:
+    if _TIME_LIMIT["minutes"]:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+
+
+def _interrupt_reason() -> str:
+    if _TIME_LIMIT["reached"]:
+        return f"stopped by the {_TIME_LIMIT['minutes']:g}-minute time limit"
+    return "interrupted"
+
+
 # ----------------------------------------------------------------------------- several recipes at once
 def child_argv(args, recipe: str, out: str, threads: int) -> list[str]:
     """The command line of one `--jobs` worker: this script, one recipe, its own output folder."""
@@ -568,12 +604,13 @@ def run_in_jobs(args, recipes: list[str], out: str) -> tuple[list[dict], str]:
         if child.get("status") != "finished":
             problems.append(f"{recipe}: {child.get('status', 'no status')}")
     if interrupted:
-        problems.insert(0, "interrupted")
+        problems.insert(0, _interrupt_reason())
     return runs, ("finished" if not problems else "; ".join(problems))
 
 
 def main(argv=None) -> int:
     args, budget, recipes, published, out = resolve_args(argv)
+    arm_time_limit(args.time_limit)
     if args.jobs > 1 and len(recipes) > 1:
         return main_jobs(args, budget, recipes, published, out, argv)
     if args.threads:
@@ -600,16 +637,19 @@ def main(argv=None) -> int:
         try:
             payload["runs"].append(run_recipe(recipe, corpus, args, budget, out, corpus_info))
         except (KeyboardInterrupt, RecipeInterrupted) as exc:
-            status = f"interrupted during {recipe}"
+            status = f"{_interrupt_reason()} during {recipe}"
             if isinstance(exc, RecipeInterrupted) and exc.result is not None:
                 payload["runs"].append(exc.result)
                 status += f" ({exc.result['partial_note']})"
+            if recipes[i + 1:]:
+                status += f"; not run: {', '.join(recipes[i + 1:])}"
             break
         done = status if i + 1 == len(recipes) else f"running ({i + 1}/{len(recipes)} recipes done)"
         table = render_table(payload["runs"], config=args.config, published=published, budget=budget,
                              data_info=data_info, device=args.device, iw_samples=budget.iw_samples, status=done)
         payload["load_average_now"] = list(os.getloadavg())
         write_outputs(out, table, payload, args.table)
+    disarm_time_limit()
     table = render_table(payload["runs"], config=args.config, published=published, budget=budget,
                          data_info=data_info, device=args.device, iw_samples=budget.iw_samples, status=status)
     payload["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -633,6 +673,7 @@ def main_jobs(args, budget, recipes, published, out, argv) -> int:
           f"data {data_info}, out {out}", flush=True)
     start = time.perf_counter()
     payload["runs"], status = run_in_jobs(args, recipes, out)
+    disarm_time_limit()
     payload["wall_seconds"] = time.perf_counter() - start
     payload["load_average_now"] = list(os.getloadavg())
     payload["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

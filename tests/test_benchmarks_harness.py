@@ -236,6 +236,7 @@ def test_resolve_args_budget_and_gpu_check_call(tmp_path):
     (["--warm-up", "-1"], "positive number of epochs"),
     (["--pretrain-epochs", "0"], "positive integer"),
     (["--jobs", "0"], "positive integer"),
+    (["--time-limit", "0"], "positive number of minutes"),
     (["--recipe", "vae", "--set", "cyclical.cycles=2"], "not among the recipes run"),
     (["--recipe", "cyclical", "--set", "cyclical.cycels=2"], "do not apply to recipe 'cyclical'"),
     (["--recipe", "cyclical", "--set", "cycles=2"], "expected RECIPE.OPTION=VALUE"),
@@ -444,3 +445,23 @@ def test_reproduce_jobs_merge_the_workers_tables(tmp_path):
         assert (out / "jobs" / recipe / recipe / "metrics.jsonl").exists()
     md = (out / "reproduce.md").read_text()
     assert "2 recipes at a time" in md and "`cyclical` cycles=2" in md
+
+
+def test_reproduce_time_limit_keeps_partial_figures_and_skips_the_rest(tmp_path):
+    """--time-limit: the running recipe stops like Ctrl-C, keeps its last validation figures; the rest are skipped."""
+    for layer in ("fastvae.data", "fastvae.models", "fastvae.evaluation"):
+        pytest.importorskip(layer)
+    out = tmp_path / "run"
+    try:
+        rc = reproduce.main(["--config", "tiny", "--budget", "small", "--epochs", "200", "--max-train", "256",
+                             "--max-eval", "32", "--iw-samples", "2", "--recipe", "vae,pretrain-fb",
+                             "--time-limit", "0.2", "--out", str(out)])
+    finally:
+        reproduce._TIME_LIMIT.update(minutes=None, reached=False)
+    assert rc == 1
+    payload = json.loads((out / "reproduce.json").read_text())
+    assert "stopped by the 0.2-minute time limit during vae" in payload["status"]
+    assert "not run: pretrain-fb" in payload["status"]
+    runs = payload["runs"]
+    assert [r["recipe"] for r in runs] == ["vae"] and runs[0]["partial"] and "au" in runs[0]["test"]
+    assert "(partial)" in (out / "reproduce.md").read_text()
