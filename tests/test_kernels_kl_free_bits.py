@@ -1,6 +1,7 @@
 """kernels/kl_free_bits.py: the Triton free-bits KL (interpreter on CPU) against a float64 reference."""
 import pytest
 import torch
+from helpers import away_from_thresholds
 
 from fastvae.kernels import kl_free_bits as K
 
@@ -96,14 +97,17 @@ def test_dtypes(dtype, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_gradcheck_float64(mode):
-    mu, logvar = posterior(5, 4, dtype=torch.float64)
-    # keep every KL_ij away from the mask thresholds so finite differences do not cross them
+    # inputs whose KL terms all lie away from the mask thresholds, so finite differences do not cross them
+    # (redrawn until they do: a fresh random draw lands within 1e-4 of one now and then)
     target = 1.3
+    for _ in range(100):
+        mu, logvar = posterior(5, 4, dtype=torch.float64)
+        if away_from_thresholds(K.kl_per_dim_reference(mu, logvar), target):
+            break
+    else:
+        pytest.fail("no draw of 100 kept the KL terms away from the free-bits thresholds")
     mu = mu.requires_grad_()
     logvar = logvar.requires_grad_()
-    kl = K.kl_per_dim_reference(mu, logvar).detach()
-    for threshold in (target / 4, target, (kl.sum(1).mean()).item()):
-        assert (kl - threshold).abs().min() > 1e-4 and (kl.sum(1) - threshold).abs().min() > 1e-4
     assert torch.autograd.gradcheck(lambda m, v: K.FreeBitsKLFunction.apply(m, v, target, mode)[0], (mu, logvar))
     assert torch.autograd.gradcheck(lambda m, v: K.free_bits_kl_reference(m, v, target, mode)[0], (mu, logvar))
 
