@@ -11,3 +11,16 @@ def away_from_thresholds(kl, target, gap=1e-4) -> bool:
     distance = (compared[:, None] - thresholds[None, :]).abs()
     distance[-1, 2] = 1.0  # the batch mean compared with itself
     return bool(distance.min() > gap) and bool((kl.sum(1) - own_mean).abs().min() > gap)
+
+
+def separating_target(row_kl: torch.Tensor) -> float:
+    """A free-bits target inside the widest relative gap between two per-row KLs, so some rows are
+    masked and some kept, and no float32 rounding can move a row across it. It sits at 0.3 of the gap,
+    not at its middle: with two rows the middle is the batch mean, which the `batch` mode compares with
+    the target (an exact tie, decided by rounding)."""
+    rows = row_kl.double().sort().values
+    if rows.numel() == 1:
+        return 0.5 * float(rows[0])
+    gaps = (rows[1:] - rows[:-1]) / rows[1:].abs().clamp_min(1.0)
+    at = int(gaps.argmax())
+    return float(rows[at] + 0.3 * (rows[at + 1] - rows[at]))

@@ -237,6 +237,7 @@ def test_resolve_args_budget_and_gpu_check_call(tmp_path):
     (["--pretrain-epochs", "0"], "positive integer"),
     (["--jobs", "0"], "positive integer"),
     (["--time-limit", "0"], "positive number of minutes"),
+    (["--recipe", "pretrain-fb", "--set", "pretrain-fb.pretrain_epochs=2.5"], "pretrain_epochs must be a positive int"),
     (["--recipe", "vae", "--set", "cyclical.cycles=2"], "not among the recipes run"),
     (["--recipe", "cyclical", "--set", "cyclical.cycels=2"], "do not apply to recipe 'cyclical'"),
     (["--recipe", "cyclical", "--set", "cycles=2"], "expected RECIPE.OPTION=VALUE"),
@@ -264,6 +265,10 @@ def test_set_options_reach_the_recipe_and_the_worker_command():
     # the worker's own parse gives back the same options
     child, *_ = reproduce.resolve_args(argv[2:])
     assert child.recipe_settings == {"cyclical": {"cycles": 2}} and child.jobs == 1
+    # Python's spellings of booleans are booleans, not the (truthy) strings "False"/"True"
+    args = reproduce.resolve_args(["--recipe", "vae", "--set", "vae.aggressive=False", "--set", "vae.fb_mode=dim",
+                                   "--set", "vae.target_kl=4"])[0]
+    assert args.recipe_settings == {"vae": {"aggressive": False, "fb_mode": "dim", "target_kl": 4}}
 
 
 def test_yelp_layout_labels_from_suffix(tmp_path):
@@ -447,20 +452,36 @@ def test_reproduce_jobs_merge_the_workers_tables(tmp_path):
     assert "2 recipes at a time" in md and "`cyclical` cycles=2" in md
 
 
-def test_reproduce_time_limit_keeps_partial_figures_and_skips_the_rest(tmp_path):
-    """--time-limit: the running recipe stops like Ctrl-C, keeps its last validation figures; the rest are skipped."""
+def test_reproduce_time_limit_keeps_partial_figures_and_skips_the_rest(tmp_path, monkeypatch):
+    """--time-limit: the running recipe stops like Ctrl-C, keeps its last validation figures; the rest are skipped.
+
+    The limit is armed at 60 minutes; once the first validation evaluation has run, the timer is brought
+    forward to fire 0.2 s later, so the test does not depend on the machine's speed."""
+    import signal
+
     for layer in ("fastvae.data", "fastvae.models", "fastvae.evaluation"):
         pytest.importorskip(layer)
+    from fastvae.training import trainer as trainer_module
+
+    evaluate = trainer_module.Trainer._evaluate
+
+    def evaluate_then_fire_soon(self, dataset, *, final):
+        result = evaluate(self, dataset, final=final)
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        return result
+
+    monkeypatch.setattr(trainer_module.Trainer, "_evaluate", evaluate_then_fire_soon)
     out = tmp_path / "run"
     try:
-        rc = reproduce.main(["--config", "tiny", "--budget", "small", "--epochs", "200", "--max-train", "256",
+        rc = reproduce.main(["--config", "tiny", "--budget", "small", "--epochs", "200", "--max-train", "2000",
                              "--max-eval", "32", "--iw-samples", "2", "--recipe", "vae,pretrain-fb",
-                             "--time-limit", "0.2", "--out", str(out)])
+                             "--time-limit", "60", "--out", str(out)])
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
         reproduce._TIME_LIMIT.update(minutes=None, reached=False)
     assert rc == 1
     payload = json.loads((out / "reproduce.json").read_text())
-    assert "stopped by the 0.2-minute time limit during vae" in payload["status"]
+    assert "stopped by the 60-minute time limit during vae" in payload["status"]
     assert "not run: pretrain-fb" in payload["status"]
     runs = payload["runs"]
     assert [r["recipe"] for r in runs] == ["vae"] and runs[0]["partial"] and "au" in runs[0]["test"]

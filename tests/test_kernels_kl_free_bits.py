@@ -1,7 +1,7 @@
 """kernels/kl_free_bits.py: the Triton free-bits KL (interpreter on CPU) against a float64 reference."""
 import pytest
 import torch
-from helpers import away_from_thresholds
+from helpers import away_from_thresholds, separating_target
 
 from fastvae.kernels import kl_free_bits as K
 
@@ -32,16 +32,6 @@ def posterior(batch, dims, dtype=torch.float32, kind="normal", layout="contiguou
 def target_for(mu, logvar):
     """A target that masks some rows (and elements) but not all, far from every row (see separating_target)."""
     return separating_target(K.kl_per_dim_reference(mu.double(), logvar.double()).sum(dim=1))
-
-def separating_target(row_kl: torch.Tensor) -> float:
-    """A free-bits target between two per-row KLs, at the widest relative gap, so some rows are
-    masked and some kept, and no float32 rounding can move a row across it."""
-    rows = row_kl.double().sort().values
-    if rows.numel() == 1:
-        return 0.5 * float(rows[0])
-    gaps = (rows[1:] - rows[:-1]) / rows[1:].abs().clamp_min(1.0)
-    at = int(gaps.argmax())
-    return 0.5 * float(rows[at] + rows[at + 1])
 
 
 def run_kernel(mu, logvar, target, mode, upstream=2.5):

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+from helpers import separating_target
 
 
 def _kernels(name):
@@ -30,17 +31,6 @@ def _posterior(batch, dims, device, dtype):
     mu = torch.randn(batch, dims, device=device, dtype=torch.float64)
     logvar = torch.randn(batch, dims, device=device, dtype=torch.float64) - 0.5
     return mu.to(dtype), logvar.to(dtype)
-
-
-def separating_target(row_kl: torch.Tensor) -> float:
-    """A free-bits target between two per-row KLs, at the widest relative gap, so some rows are
-    masked and some kept, and no float32 rounding can move a row across it."""
-    rows = row_kl.double().sort().values
-    if rows.numel() == 1:
-        return 0.5 * float(rows[0])
-    gaps = (rows[1:] - rows[:-1]) / rows[1:].abs().clamp_min(1.0)
-    at = int(gaps.argmax())
-    return 0.5 * float(rows[at] + rows[at + 1])
 
 
 def check_all(device: str, big_n: int) -> list:

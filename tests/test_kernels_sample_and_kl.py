@@ -1,7 +1,7 @@
 """kernels/sample_and_kl.py: the fused sample + free-bits KL (interpreter on CPU) against float64 references."""
 import pytest
 import torch
-from helpers import away_from_thresholds
+from helpers import away_from_thresholds, separating_target
 
 from fastvae.kernels import kl_free_bits as KL
 from fastvae.kernels import sample_and_kl as S
@@ -25,17 +25,6 @@ def inputs(batch, samples, dims, dtype=torch.float32, extreme=False, strided=Fal
     eps = torch.randn(batch, samples, dims, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     target = separating_target(KL.kl_per_dim_reference(mu.double(), logvar.double()).sum(1))
     return mu, logvar, eps, target
-
-
-def separating_target(row_kl: torch.Tensor) -> float:
-    """A free-bits target between two per-row KLs, at the widest relative gap, so some rows are
-    masked and some kept, and no float32 rounding can move a row across it."""
-    rows = row_kl.double().sort().values
-    if rows.numel() == 1:
-        return 0.5 * float(rows[0])
-    gaps = (rows[1:] - rows[:-1]) / rows[1:].abs().clamp_min(1.0)
-    at = int(gaps.argmax())
-    return 0.5 * float(rows[at] + rows[at + 1])
 
 
 def run(fn, mu, logvar, eps, target, mode, upstream_z, upstream_loss=-1.5):
