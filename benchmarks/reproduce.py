@@ -184,10 +184,14 @@ def parse_settings(items: list[str], recipes: list[str]) -> dict[str, dict]:
             raise ValueError(f"--set {item!r}: expected RECIPE.OPTION=VALUE, e.g. cyclical.cycles=2")
         if recipe not in recipes:
             raise ValueError(f"--set {item!r}: recipe {recipe!r} is not among the recipes run ({', '.join(recipes)})")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text.strip()
+        words = {"true": True, "false": False, "none": None, "null": None}
+        if text.strip().lower() in words:  # True/false/None as well as JSON's spellings
+            value = words[text.strip().lower()]
+        else:
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = text.strip()
         settings.setdefault(recipe, {})[option.strip().replace("-", "_")] = value
     for recipe, options in settings.items():
         resolve_options(recipe, options)  # unknown or conflicting options fail here, before any training
@@ -219,7 +223,11 @@ def resolve_args(argv=None):
         budget = dataclasses.replace(budget, pretrain_epochs=budget.epochs)
     try:
         args.recipe_settings = parse_settings(args.settings, recipes)
-    except ValueError as exc:
+        from fastvae.training.recipes import build_recipe
+
+        for recipe in args.recipe_settings:  # every value checked with the budget's options, before any training
+            build_recipe(recipe, recipe_options(recipe, budget, args.recipe_settings))
+    except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     published = DEFAULT_PUBLISHED[args.config] if args.published == "auto" else args.published
     out = args.out or os.path.join("runs", f"reproduce-{args.config}-{budget.name}")
@@ -488,16 +496,21 @@ def summary_line(runs: list[dict]) -> str | None:
     return text + "."
 
 
+def _write_atomically(path: str, text: str) -> None:
+    """Temporary file, then rename: an interrupt never leaves a truncated table or JSON behind."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
 def write_outputs(out: str, table: str, payload: dict, extra_table: str | None) -> None:
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "reproduce.json"), "w") as handle:
-        json.dump(payload, handle, indent=1, default=str)
+    _write_atomically(os.path.join(out, "reproduce.json"), json.dumps(payload, indent=1, default=str))
     title = f"# Reproduction: config {payload['config']}, budget {payload['budget']['name']}\n\n"
     for path in [os.path.join(out, "reproduce.md")] + ([extra_table] if extra_table else []):
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        with open(path, "w") as handle:
-            handle.write(title + f"Command: `{payload['command']}`\n\n" + table)
+        _write_atomically(path, title + f"Command: `{payload['command']}`\n\n" + table)
 
 
 def _torch_threads() -> int:
@@ -571,8 +584,17 @@ def run_in_jobs(args, recipes: list[str], out: str) -> tuple[list[dict], str]:
                 os.makedirs(folder, exist_ok=True)
                 log = open(os.path.join(folder, "log.txt"), "w")
                 env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log follows the run live
-                running[recipe] = (subprocess.Popen(child_argv(args, recipe, folder, threads), stdout=log,
-                                                    stderr=subprocess.STDOUT, env=env), log)
+                # Workers get their own session: a Ctrl-C or `timeout` aimed at this process group reaches only
+                # this process, which then stops each worker once (a second signal would cut a worker's
+                # partial-result write short). Signals wait while a worker is started and registered, so none
+                # can be left running unknown.
+                blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGALRM})
+                try:
+                    running[recipe] = (subprocess.Popen(child_argv(args, recipe, folder, threads), stdout=log,
+                                                        stderr=subprocess.STDOUT, env=env, start_new_session=True),
+                                       log)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
                 print(f"started {recipe} ({threads} thread{'s' if threads > 1 else ''}; log {log.name})", flush=True)
             time.sleep(1.0)
             for recipe, (proc, log) in list(running.items()):
@@ -598,8 +620,12 @@ def run_in_jobs(args, recipes: list[str], out: str) -> tuple[list[dict], str]:
         if not os.path.exists(path):
             problems.append(f"{recipe} failed (exit {finished[recipe]}; see {os.path.join(out, 'jobs', recipe)})")
             continue
-        with open(path) as handle:
-            child = json.load(handle)
+        try:
+            with open(path) as handle:
+                child = json.load(handle)
+        except (OSError, json.JSONDecodeError) as exc:
+            problems.append(f"{recipe}: unreadable results {path} ({exc})")
+            continue
         runs.extend(child["runs"])
         if child.get("status") != "finished":
             problems.append(f"{recipe}: {child.get('status', 'no status')}")
@@ -611,8 +637,16 @@ def run_in_jobs(args, recipes: list[str], out: str) -> tuple[list[dict], str]:
 def main(argv=None) -> int:
     args, budget, recipes, published, out = resolve_args(argv)
     arm_time_limit(args.time_limit)
-    if args.jobs > 1 and len(recipes) > 1:
-        return main_jobs(args, budget, recipes, published, out, argv)
+    try:
+        if args.jobs > 1 and len(recipes) > 1:
+            return main_jobs(args, budget, recipes, published, out, argv)
+        return main_sequential(args, budget, recipes, published, out, argv)
+    finally:
+        disarm_time_limit()
+
+
+def main_sequential(args, budget, recipes, published, out, argv) -> int:
+    """main() without --jobs: the recipes one after the other in this process."""
     if args.threads:
         import torch
 
