@@ -301,6 +301,7 @@ def test_two_ranks_equal_one_process(fresh_seed):
 def test_torchrun_cli_two_ranks_rank0_writes(tmp_path):
     """`torchrun --nproc_per_node=2 -m fastvae train`: one report, one run directory, written once."""
     import json
+    import shutil
     import subprocess
     import sys
 
@@ -311,12 +312,19 @@ def test_torchrun_cli_two_ranks_rank0_writes(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "fastvae", "train", "--data", str(data), "--config", "tiny", "--recipe", "aggressive",
-                           "--max-inner-steps", "4", "--epochs", "1", "--batch-size", "16", "--iw-samples", "2",
-                           "--checkpoint-every", "3", "--out", str(out), "--no-progress", "--json", "--examples", "0"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "fastvae", "train", "--data", str(data), "--config", "tiny", "--recipe", "aggressive",
+               "--max-inner-steps", "4", "--epochs", "1", "--batch-size", "16", "--iw-samples", "2",
+               "--checkpoint-every", "3", "--out", str(out), "--no-progress", "--json", "--examples", "0"]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    # torchrun --standalone picks a free port and releases it before the workers bind it; on a busy machine
+    # another process can take it in between (seen once in ~10 full-suite runs). That, and only that, is retried.
+    network = ("DistNetworkError", "EADDRINUSE", "Address already in use", "RendezvousConnectionError",
+               "RendezvousTimeoutError", "Connection refused", "Connection reset")
+    if proc.returncode != 0 and any(word in proc.stderr for word in network):
+        shutil.rmtree(out, ignore_errors=True)
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
     reports = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(reports) == 1  # rank 0 only
     assert json.loads(reports[0])["out_dir"] == str(out)
