@@ -670,6 +670,11 @@ def main_sequential(args, budget, recipes, published, out, argv) -> int:
         print(f"\n=== {recipe} ({i + 1}/{len(recipes)}) ===", flush=True)
         try:
             payload["runs"].append(run_recipe(recipe, corpus, args, budget, out, corpus_info))
+            done = status if i + 1 == len(recipes) else f"running ({i + 1}/{len(recipes)} recipes done)"
+            table = render_table(payload["runs"], config=args.config, published=published, budget=budget,
+                                 data_info=data_info, device=args.device, iw_samples=budget.iw_samples, status=done)
+            payload["load_average_now"] = list(os.getloadavg())
+            write_outputs(out, table, payload, args.table)
         except (KeyboardInterrupt, RecipeInterrupted) as exc:
             status = f"{_interrupt_reason()} during {recipe}"
             if isinstance(exc, RecipeInterrupted) and exc.result is not None:
@@ -678,11 +683,6 @@ def main_sequential(args, budget, recipes, published, out, argv) -> int:
             if recipes[i + 1:]:
                 status += f"; not run: {', '.join(recipes[i + 1:])}"
             break
-        done = status if i + 1 == len(recipes) else f"running ({i + 1}/{len(recipes)} recipes done)"
-        table = render_table(payload["runs"], config=args.config, published=published, budget=budget,
-                             data_info=data_info, device=args.device, iw_samples=budget.iw_samples, status=done)
-        payload["load_average_now"] = list(os.getloadavg())
-        write_outputs(out, table, payload, args.table)
     disarm_time_limit()
     table = render_table(payload["runs"], config=args.config, published=published, budget=budget,
                          data_info=data_info, device=args.device, iw_samples=budget.iw_samples, status=status)
