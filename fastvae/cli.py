@@ -74,7 +74,8 @@ def _load_training_corpus(args):
 
 
 _RECIPE_FLAGS = ["kl_start", "warm_up", "beta", "variant", "cycles", "ratio", "ramp", "cycle_epochs", "lr_restart",
-                 "fb_mode", "target_kl", "aggressive", "max_inner_steps", "inner_window", "pretrain_epochs"]
+                 "fb_mode", "target_kl", "aggressive", "max_inner_steps", "inner_window", "aggressive_epochs",
+                 "pretrain_epochs"]
 _TRAIN_FLAGS = ["epochs", "batch_size", "batch_mode", "optimizer", "lr", "momentum", "clip", "patience",
                 "decay_factor", "decay_min_epoch", "max_decays", "seed", "device", "precision", "iw_samples",
                 "eval_batch_size", "log_interval", "checkpoint_every"]
@@ -336,6 +337,9 @@ def _add_train_parser(sub):
                    help="He et al.'s aggressive encoder updates on top of the recipe")
     g.add_argument("--max-inner-steps", type=_positive_int, help="aggressive: encoder sub-steps cap (100)")
     g.add_argument("--inner-window", type=_positive_int, help="aggressive: stop-rule window (15)")
+    g.add_argument("--aggressive-epochs", type=_positive_int,
+                   help="aggressive: switch it off after N epochs if the MI stop has not (a budget cap; default: "
+                        "the MI stop alone, as He et al.)")
     g.add_argument("--pretrain-epochs", type=_positive_int, help="pretrain-fb: epochs of the AE phase")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=_positive_int,

@@ -122,6 +122,35 @@ def test_mi_stop_switches_off_for_good():
     assert fresh.state_dict() == state
 
 
+def test_aggressive_epochs_cap_switches_off_when_mi_stop_has_not():
+    class T:
+        epoch = 0
+
+    policy = AggressiveUpdate(max_epochs=2)
+    assert policy.end_of_epoch(T, {"mi_batch": 0.5}) is None and policy.active
+    T.epoch = 1
+    message = policy.end_of_epoch(T, {"mi_batch": 0.9})  # MI still rising: the cap decides
+    assert not policy.active and "aggressive_epochs cap" in message and policy.switched_off_epoch == 1
+    assert policy.end_of_epoch(T, {"mi_batch": 0.1}) is None  # off for good, no second message
+    # the MI stop firing first wins, and its message is the one reported
+    policy = AggressiveUpdate(max_epochs=3)
+    policy.end_of_epoch(T, {"mi_batch": 0.5})
+    message = policy.end_of_epoch(T, {"mi_batch": 0.4})
+    assert not policy.active and "MI fell" in message
+    # the count survives a checkpoint; checkpoints written before the cap existed load with 0
+    policy = AggressiveUpdate(max_epochs=2)
+    policy.end_of_epoch(T, {"mi_batch": 0.5})
+    fresh = AggressiveUpdate(max_epochs=2)
+    fresh.load_state_dict(policy.state_dict())
+    assert fresh.epochs_on == 1 and fresh.end_of_epoch(T, {"mi_batch": 0.7}) is not None and not fresh.active
+    old = {k: v for k, v in policy.state_dict().items() if k != "epochs_on"}
+    fresh = AggressiveUpdate()
+    fresh.load_state_dict(old)
+    assert fresh.epochs_on == 0
+    assert build_recipe("aggressive", {"aggressive_epochs": 2}).phases[0].policy.max_epochs == 2
+    assert build_recipe("aggressive").phases[0].policy.max_epochs is None
+
+
 def test_joint_update_steps_both():
     trainer = ScriptedTrainer([1.0])
     JointUpdate().step(trainer, "b", 0.5)
@@ -237,6 +266,9 @@ def test_recipe_structure():
     ("cyclical", {"variant": "blog"}, "variant"),
     ("cyclical", {"ramp": "tanh"}, "ramp"),
     ("vae", {"max_inner_steps": 5}, "aggressive"),
+    ("vae", {"aggressive_epochs": 2}, "aggressive=True"),
+    ("aggressive", {"aggressive_epochs": 0}, "aggressive_epochs"),
+    ("aggressive", {"aggressive_epochs": 1.5}, "aggressive_epochs"),
     ("aggressive", {"aggressive": False}, "cannot run"),
     ("pretrain-fb", {"pretrain_epochs": 0}, "pretrain_epochs"),
     ("vae", {"kl_start": -1.0}, "kl_start"),

@@ -12,6 +12,8 @@ and phases. Semantics: ../shared/docs/recipes.md.
 
 Natural combinations are options: every VAE recipe takes `fb_mode`/`target_kl` (free bits) and
 `aggressive=True` (He et al.'s encoder policy), for example `cyclical` with free bits.
+`aggressive_epochs=N` caps the aggressive phase at N epochs when the MI stop has not fired by then (a
+budget option for reduced runs; unset, the reference: the MI stop alone).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from .schedules import RAMPS, ConstantSchedule, CyclicalSchedule, LinearAnnealin
 RECIPE_NAMES = ("lm", "vae", "beta", "cyclical", "aggressive", "pretrain-fb")
 
 _VAE_COMMON = {"fb_mode": "none", "target_kl": None, "aggressive": False, "max_inner_steps": 100,
-               "inner_window": 15}
+               "inner_window": 15, "aggressive_epochs": None}
 _ANNEAL = {"kl_start": None, "warm_up": None}
 
 # option -> default, per recipe (None: "not set", resolved in build_recipe)
@@ -148,8 +150,10 @@ def resolve_options(recipe: str, options: dict | None = None) -> dict:
             raise ValueError(f"free-bits mode {resolved['fb_mode']!r} needs target_kl (nats per sentence)")
         if resolved["target_kl"] is None:
             resolved["target_kl"] = 0.0
-        if not resolved["aggressive"] and any(k in given for k in ("max_inner_steps", "inner_window")):
-            raise ValueError("max_inner_steps/inner_window configure the aggressive policy: add aggressive=True "
+        if not resolved["aggressive"] and any(k in given for k in ("max_inner_steps", "inner_window",
+                                                                   "aggressive_epochs")):
+            raise ValueError("max_inner_steps/inner_window/aggressive_epochs configure the aggressive policy: "
+                             "add aggressive=True "
                              "(--aggressive) or use the 'aggressive' recipe")
         if recipe == "aggressive" and given.get("aggressive") is False:
             raise ValueError("recipe 'aggressive' cannot run with aggressive=False; use recipe 'vae' with "
@@ -159,7 +163,8 @@ def resolve_options(recipe: str, options: dict | None = None) -> dict:
 
 def _policy(opts: dict):
     if opts.get("aggressive"):
-        return AggressiveUpdate(max_inner_steps=int(opts["max_inner_steps"]), window=int(opts["inner_window"]))
+        return AggressiveUpdate(max_inner_steps=int(opts["max_inner_steps"]), window=int(opts["inner_window"]),
+                                max_epochs=opts["aggressive_epochs"])
     return JointUpdate()
 
 
