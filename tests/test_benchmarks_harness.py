@@ -219,9 +219,16 @@ def test_resolve_args_budget_and_gpu_check_call(tmp_path):
     assert published == "yelp15" and out.endswith("reproduce-yelp-small")
     assert reproduce.resolve_args(["--config", "yahoo"])[3] == "yahoo"
     budget = reproduce.resolve_args(["--budget", "small", "--warm-up", "3.5", "--pretrain-epochs", "4"])[1]
-    assert (budget.warm_up, budget.pretrain_epochs, budget.epochs) == (3.5, 4, 5)
-    assert budget.optimizer == "adam" and reproduce.BUDGETS["full"].optimizer is None  # full = the papers' SGD
-    assert reproduce.resolve_args(["--budget", "small", "--optimizer", "recipe"])[1].optimizer is None
+    assert (budget.warm_up, budget.pretrain_epochs, budget.epochs) == (3.5, 4, 10)
+    # every budget keeps the papers' SGD; small caps the aggressive phase, full leaves it to the MI stop
+    assert all(b.optimizer is None for b in reproduce.BUDGETS.values())
+    assert budget.aggressive_epochs == 2 and reproduce.BUDGETS["full"].aggressive_epochs is None
+    assert reproduce.resolve_args(["--budget", "small", "--optimizer", "adam"])[1].optimizer == "adam"
+    assert reproduce.resolve_args(["--budget", "small", "--aggressive-epochs", "3"])[1].aggressive_epochs == 3
+    assert reproduce.resolve_args(["--budget", "small", "--aggressive-epochs", "0"])[1].aggressive_epochs is None
+    assert reproduce.recipe_options("aggressive", budget) == {"warm_up": 3.5, "aggressive_epochs": 2}
+    assert reproduce.recipe_options("aggressive", budget, {"aggressive": {"aggressive_epochs": 4}}) == {
+        "warm_up": 3.5, "aggressive_epochs": 4}  # the user's --set wins
     assert reproduce.resolve_args(["--budget", "full", "--optimizer", "adam"])[1].optimizer == "adam"
     assert reproduce.resolve_args(["--config", "yahoo", "--published", "none"])[3] == "none"
 
@@ -235,6 +242,9 @@ def test_resolve_args_budget_and_gpu_check_call(tmp_path):
     (["--data", "/no/such/folder"], "no such folder"),
     (["--warm-up", "-1"], "positive number of epochs"),
     (["--pretrain-epochs", "0"], "positive integer"),
+    (["--aggressive-epochs", "-1"], "non-negative integer"),
+    (["--aggressive-epochs", "two"], "non-negative integer"),
+    (["--recipe", "aggressive", "--set", "aggressive.aggressive_epochs=0"], "aggressive_epochs"),
     (["--jobs", "0"], "positive integer"),
     (["--time-limit", "0"], "positive number of minutes"),
     (["--recipe", "pretrain-fb", "--set", "pretrain-fb.pretrain_epochs=2.5"], "pretrain_epochs must be a positive int"),
@@ -374,8 +384,8 @@ def test_main_on_a_tiny_fake_run(tmp_path, monkeypatch):
     rc = reproduce.main(["--data", str(data), "--config", "yelp", "--budget", "small", "--recipe",
                          "vae,aggressive,pretrain-fb", "--out", str(out), "--table", str(table_path)])
     assert rc == 0
-    assert calls == [("vae", {}), ("aggressive", {"warm_up": 2.0}),
-                     ("pretrain-fb", {"warm_up": 2.0, "pretrain_epochs": 2})]
+    assert calls == [("vae", {}), ("aggressive", {"warm_up": 2.0, "aggressive_epochs": 2}),
+                     ("pretrain-fb", {"warm_up": 2.0, "pretrain_epochs": 5})]
     payload = json.loads((out / "reproduce.json").read_text())
     assert payload["status"] == "finished" and [r["recipe"] for r in payload["runs"]] == ["vae", "aggressive",
                                                                                            "pretrain-fb"]
@@ -383,7 +393,7 @@ def test_main_on_a_tiny_fake_run(tmp_path, monkeypatch):
     md = table_path.read_text()
     assert md == (out / "reproduce.md").read_text()
     assert "Run status: finished" in md and "`vae` collapsed (AU 0)" in md and "355.9 / 3.7 / 2.3" in md
-    assert "Adam 1e-3 (a deviation from the papers' SGD" in md
+    assert "optimiser the recipe's (SGD, as the papers)" in md and "aggressive phase capped at 2 epochs" in md
     assert math.isfinite(payload["runs"][0]["test"]["nll"])
 
 
