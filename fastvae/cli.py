@@ -77,7 +77,7 @@ _RECIPE_FLAGS = ["kl_start", "warm_up", "beta", "variant", "cycles", "ratio", "r
                  "fb_mode", "target_kl", "aggressive", "max_inner_steps", "inner_window", "aggressive_epochs",
                  "pretrain_epochs"]
 _TRAIN_FLAGS = ["epochs", "batch_size", "batch_mode", "optimizer", "lr", "momentum", "clip", "patience",
-                "decay_factor", "decay_min_epoch", "max_decays", "seed", "device", "precision", "iw_samples",
+                "decay_factor", "decay_min_epoch", "max_decays", "plateau_decay", "seed", "device", "precision", "iw_samples",
                 "eval_batch_size", "log_interval", "checkpoint_every"]
 
 
@@ -127,7 +127,9 @@ def _train(args, ctx) -> int:
             raise ValueError(f"{last!r} holds a model only (no training state); --resume needs the last.pt of a run")
         cfg = saved["train_config"]
         recipe, recipe_options, config = cfg["recipe"], cfg["recipe_options"], cfg["config"]
-        train_options = {k: cfg[k] for k in _TRAIN_FLAGS}
+        # runs saved before an option existed trained with its old behaviour (plateau decay always on)
+        train_options = {k: cfg.get(k, True if k == "plateau_decay" else None) for k in _TRAIN_FLAGS}
+        train_options = {k: v for k, v in train_options.items() if k in cfg or k == "plateau_decay"}
         info = saved["corpus"]
         args.data, args.train, args.valid, args.test = info.get("data"), info.get("train"), info.get("valid"), \
             info.get("test")
@@ -144,6 +146,8 @@ def _train(args, ctx) -> int:
         config = args.config or ("tiny" if builtin else "ptb")
         recipe_options = {f: getattr(args, f) for f in _RECIPE_FLAGS if getattr(args, f) is not None}
         train_options = {f: getattr(args, f) for f in _TRAIN_FLAGS if getattr(args, f) is not None}
+        if "plateau_decay" in train_options:
+            train_options["plateau_decay"] = train_options["plateau_decay"] == "on"
         if "epochs" not in train_options:
             train_options["epochs"] = DEMO_EPOCHS if builtin else 100
         if builtin and "optimizer" not in train_options and "lr" not in train_options:
@@ -354,6 +358,9 @@ def _add_train_parser(sub):
     g.add_argument("--decay-factor", type=float)
     g.add_argument("--decay-min-epoch", type=_nonneg_int, help="no decay before this epoch (15)")
     g.add_argument("--max-decays", type=_positive_int, help="stop after this many decays (5)")
+    g.add_argument("--plateau-decay", choices=["on", "off"], type=str.lower,
+                   help="decay-on-plateau with best-checkpoint reload (default on; off for cyclical's ptb-script "
+                        "variant, whose schedule is the cosine restart)")
     g = p.add_argument_group("run")
     g.add_argument("--out", help="run directory (default runs/<recipe>-<time>)")
     g.add_argument("--resume", help="continue the run in this directory (or last.pt) exactly where it stopped")

@@ -56,6 +56,18 @@ def test_train_json_and_run_directory(data_dir, tmp_path, capsys):
     assert {"config.json", "metrics.jsonl", "best.pt", "last.pt", "training.png"} <= set(os.listdir(out))
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["recipe"]["options"]["fb_mode"] == "dim" and config["recipe"]["options"]["cycles"] == 2
+    assert config["train"]["plateau_decay"] is None  # the recipe's default
+
+
+def test_train_plateau_decay_flag(data_dir, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    rc = main(["train", "--data", data_dir, "--config", "tiny", "--recipe", "vae", "--epochs", "1", "--out", out,
+               "--iw-samples", "2", "--plateau-decay", "OFF", "--no-progress", "--json"])
+    assert rc == 0
+    assert json.load(open(os.path.join(out, "config.json")))["train"]["plateau_decay"] is False
+    with pytest.raises(SystemExit):
+        main(["train", "--plateau-decay", "maybe"])
+    assert "invalid choice" in capsys.readouterr().err
 
 
 def test_train_prints_epoch_lines_table_and_examples(data_dir, tmp_path, capsys):

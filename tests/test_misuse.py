@@ -156,3 +156,22 @@ def test_resume_with_another_model_config_is_refused(run, corpus, tmp_path):
     trainer = Trainer(None, load_corpus(run["data"]), recipe="vae", out_dir=str(resume_dir), epochs=1, **FAST)
     with pytest.raises(ValueError, match="holds a model with config"):
         trainer.fit(resume=str(resume_dir))
+
+
+def test_resume_of_a_run_saved_before_plateau_decay_existed(run, tmp_path, monkeypatch):
+    # such a run decayed on plateau: it resumes with the option on, whatever its recipe's default now is
+    import fastvae.training
+
+    resume_dir = tmp_path / "old"
+    shutil.copytree(run["out"], resume_dir)
+    _edited_checkpoint(resume_dir / "last.pt", resume_dir / "last.pt", lambda c: c["train_config"].pop("plateau_decay"))
+    seen = []
+
+    class Recording(Trainer):
+        def __init__(self, *args, **options):
+            seen.append(options)
+            super().__init__(*args, **options)
+
+    monkeypatch.setattr(fastvae.training, "Trainer", Recording)
+    assert main(["train", "--resume", str(resume_dir), "--no-progress"]) == 0
+    assert seen and seen[0]["plateau_decay"] is True

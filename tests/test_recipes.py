@@ -202,6 +202,12 @@ def test_plateau_decay_waits_for_min_epoch_and_stops_after_max():
     assert not decay.update(6.0, 1)  # worse, but epoch < 3
     assert decay.update(7.0, 3) and decay.lr == 0.5
     assert decay.update(8.0, 4) and decay.lr == 0.25 and decay.finished
+
+
+def test_plateau_decay_disabled_never_decays():
+    decay = PlateauDecay(1.0, patience=1, min_epoch=0, max_decays=1, enabled=False)
+    assert not any(decay.update(float(v), epoch) for epoch, v in enumerate(range(10, 30)))
+    assert decay.lr == 1.0 and decay.decays == 0 and not decay.finished
     with pytest.raises(ValueError, match="learning rate"):
         PlateauDecay(0.0)
     with pytest.raises(ValueError, match="patience"):
@@ -241,6 +247,8 @@ def test_recipe_structure():
     assert isinstance(r.phases[0].policy, AggressiveUpdate)
     r = build_recipe("cyclical", {"variant": "ptb-script"})
     assert r.phases[0].lr_restart == "cosine" and r.train_defaults["optimizer"] == "adam"
+    assert r.train_defaults["plateau_decay"] is False  # the script's schedule is the cosine restart alone
+    assert "plateau_decay" not in build_recipe("cyclical").train_defaults
     assert r.phases[0].schedule.cycle_epochs == 10.0 and r.phases[0].schedule.start == 0.1
     r = build_recipe("cyclical", {"variant": "ptb-script", "cycles": 3})
     assert r.phases[0].schedule.cycle_epochs is None and r.phases[0].schedule.cycles == 3

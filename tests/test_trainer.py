@@ -179,6 +179,34 @@ def test_decay_on_plateau_reloads_best_and_stops(corpus, monkeypatch):
     assert trainer.optimizers["encoder"].param_groups[0]["lr"] == pytest.approx(0.25)
 
 
+@pytest.mark.parametrize("recipe, options, plateau_decay", [
+    ("vae", {}, False),  # switched off by the user
+    ("cyclical", {"variant": "ptb-script"}, None),  # off by the variant's default
+])
+def test_no_plateau_decay_keeps_the_rate_and_the_model(corpus, monkeypatch, recipe, options, plateau_decay):
+    trainer = make(corpus, recipe, epochs=4, patience=1, decay_min_epoch=0, max_decays=1,
+                   plateau_decay=plateau_decay, **options)
+    values = iter([5.0, 6.0, 7.0, 8.0])
+    real = trainer._evaluate
+
+    def scripted(dataset, *, final):
+        out = real(dataset, final=final)
+        if not final:
+            out["rec"], out["kl"] = next(values), 0.0
+        return out
+
+    monkeypatch.setattr(trainer, "_evaluate", scripted)
+    trainer.fit()
+    assert len([r for r in trainer.history if r["split"] == "valid"]) == 4  # no stop after "max_decays"
+    assert trainer.plateau.decays == 0 and trainer.plateau.lr == trainer.base_lr
+    assert not trainer.stopped_reason
+
+
+def test_plateau_decay_option_is_checked(corpus):
+    with pytest.raises(ValueError, match="plateau_decay must be True, False or None"):
+        make(corpus, "vae", plateau_decay="off")
+
+
 def test_checkpoint_holds_the_full_training_state(corpus, tmp_path):
     trainer = make(corpus, "aggressive", epochs=1, out_dir=str(tmp_path), max_inner_steps=3, inner_window=3)
     trainer.fit()

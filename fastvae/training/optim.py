@@ -33,10 +33,12 @@ class PlateauDecay:
           and the caller reloads the best checkpoint and builds new optimisers;
       else: not_improved = 0, plateau_best = value.
     Training stops once decays == max_decays. (He et al.: patience 2; Li et al.: 5; min_epoch 15,
-    factor 0.5, max_decays 5. `epoch` is 0-based as in the reference loops.)
+    factor 0.5, max_decays 5. `epoch` is 0-based as in the reference loops.) With `enabled=False` the
+    rate is never decayed (Fu et al.'s PTB script: its schedule is the cosine restart per cycle).
     """
 
-    def __init__(self, lr: float, patience: int = 2, factor: float = 0.5, min_epoch: int = 15, max_decays: int = 5):
+    def __init__(self, lr: float, patience: int = 2, factor: float = 0.5, min_epoch: int = 15, max_decays: int = 5,
+                 enabled: bool = True):
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"learning rate must be a finite number > 0, got {lr!r}")
         if not (isinstance(patience, int) and patience >= 1):
@@ -49,6 +51,7 @@ class PlateauDecay:
             raise ValueError(f"decay min epoch must be an int >= 0, got {min_epoch!r}")
         self.lr, self.patience, self.factor = float(lr), patience, factor
         self.min_epoch, self.max_decays = min_epoch, max_decays
+        self.enabled = bool(enabled)
         self.plateau_best = math.inf
         self.not_improved = 0
         self.decays = 0
@@ -59,6 +62,8 @@ class PlateauDecay:
 
     def update(self, value: float, epoch: int) -> bool:
         """Records one validation value; returns True when the learning rate was just decayed."""
+        if not self.enabled:
+            return False
         if value > self.plateau_best:
             self.not_improved += 1
             if self.not_improved >= self.patience and epoch >= self.min_epoch:

@@ -197,7 +197,9 @@ def build_recipe(name: str, options: dict | None = None) -> Recipe:
         phases = [Phase("train", schedule, objective, _policy(opts), select_by="elbo",
                         lr_restart=opts["lr_restart"])]
         if opts["variant"] == "ptb-script":
-            train_defaults.update({"optimizer": "adam", "lr": 1e-3})
+            # the script's learning-rate schedule is the cosine restart alone: no decay-on-plateau (which
+            # would also reload the best checkpoint, a low-KL one from a weight-1 stretch)
+            train_defaults.update({"optimizer": "adam", "lr": 1e-3, "plateau_decay": False})
     elif name == "pretrain-fb":
         pretrain = Phase("pretrain", ConstantSchedule(0.0), KLObjective(), _policy(opts), select_by="rec",
                          epochs=_epochs_option("pretrain_epochs", opts["pretrain_epochs"]))

@@ -58,6 +58,7 @@ class TrainConfig:
     decay_factor: float = 0.5
     decay_min_epoch: int = 15
     max_decays: int = 5
+    plateau_decay: bool | None = None  # None: the recipe's default (on; off for cyclical's ptb-script variant)
     seed: int = 0
     device: str = "cpu"
     precision: str = "fp32"
@@ -84,6 +85,8 @@ class TrainConfig:
         positive_int("max_decays", self.max_decays)
         if self.patience is not None:
             positive_int("patience", self.patience)
+        if self.plateau_decay is not None and not isinstance(self.plateau_decay, bool):
+            raise ValueError(f"plateau_decay must be True, False or None (the recipe's), got {self.plateau_decay!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         if self.batch_mode not in BATCH_MODES:
@@ -193,6 +196,8 @@ class Trainer:
         else:
             self.base_lr = DEFAULT_LR[self.optimizer_name]
         self.patience = self.cfg.patience or defaults.get("patience", 2)
+        self.plateau_decay = (self.cfg.plateau_decay if self.cfg.plateau_decay is not None
+                              else defaults.get("plateau_decay", True))
 
         # state (all of it goes into checkpoints)
         self.phase_index = 0
@@ -521,7 +526,8 @@ class Trainer:
                 self.model.reset_decoder_parameters()
                 broadcast_parameters(self.model, self.dist)  # ranks draw other random weights
             self.plateau = PlateauDecay(self.base_lr, patience=self.patience, factor=self.cfg.decay_factor,
-                                        min_epoch=self.cfg.decay_min_epoch, max_decays=self.cfg.max_decays)
+                                        min_epoch=self.cfg.decay_min_epoch, max_decays=self.cfg.max_decays,
+                                    enabled=self.plateau_decay)
             self.best_value, self.best_epoch, self._best_state = math.inf, None, None
             self.epoch = self.position = self.step = 0
             self._new_optimizers(self.plateau.lr)
@@ -744,7 +750,8 @@ class Trainer:
         self.phase_index, self.epoch = state["phase_index"], state["epoch"]
         self.position, self.step, self.global_step = state["position"], state["step"], state["global_step"]
         self.plateau = PlateauDecay(self.base_lr, patience=self.patience, factor=self.cfg.decay_factor,
-                                    min_epoch=self.cfg.decay_min_epoch, max_decays=self.cfg.max_decays)
+                                    min_epoch=self.cfg.decay_min_epoch, max_decays=self.cfg.max_decays,
+                                    enabled=self.plateau_decay)
         self.plateau.load_state_dict(state["plateau"])
         self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
         self.phase.policy.load_state_dict(state["policy"])
