@@ -20,11 +20,13 @@ Data (`--data DIR`):
 Budgets (`--budget`): `full` is the protocol (all sentences, 100 epochs, 10-epoch warm-ups, K=500);
 `medium` and `small` cap the sentences and epochs for a CPU and shorten the recipes' warm-up (and the
 pretraining phase) in proportion, so the schedules complete within the run. `small` (10k sentences, 10
-epochs, K=50, the aggressive phase capped at 2 epochs) is the measured CPU run: under 30 minutes with
-`--jobs 2` on 2 cores. Every budget keeps the papers' SGD. `--epochs`, `--max-train`, `--max-eval`,
-`--iw-samples`, `--max-vocab` override one value of the budget (`--warm-up`, `--pretrain-epochs`,
-`--aggressive-epochs` too; `--aggressive-epochs 0` leaves the aggressive phase to He et al.'s MI stop
-alone). The budget used is printed and written with the results.
+epochs, K=50, the aggressive phase capped at 2 epochs, `cyclical` as Fu et al.'s PTB script: its variant
+over its 40 epochs, since the paper form collapses at this size) is the measured CPU run: under 30 minutes
+with `--jobs 2` on 2 cores. Every budget keeps the papers' SGD (the ptb-script variant brings its own Adam).
+`--epochs`, `--max-train`, `--max-eval`, `--iw-samples`, `--max-vocab` override one value of the budget
+(`--warm-up`, `--pretrain-epochs`, `--aggressive-epochs` too; `--aggressive-epochs 0` leaves the aggressive
+phase to He et al.'s MI stop alone; `--epochs` sets every recipe's epochs). The budget used is printed and
+written with the results.
 
 Output: `<out>/reproduce.json` and `<out>/reproduce.md` (rewritten after every recipe, so a stopped run
 still leaves its table), one run directory per recipe (`<out>/<recipe>/`: config.json, metrics.jsonl,
@@ -32,7 +34,7 @@ best.pt, training.png). With `--table PATH` the markdown table is also written t
 benchmarks/results/reproduce-yelp-cpu-sgd.md).
 
 Options: `--set RECIPE.OPTION=VALUE` gives one recipe an option of `fastvae train` (for example
-`--set cyclical.cycles=2`; checked before any training, and listed under the table). `--jobs N` runs N
+`--set cyclical.cycles=2`, or `--set cyclical.variant=paper --set cyclical.epochs=10` for the paper form; checked before any training, and listed under the table). `--jobs N` runs N
 recipes at a time, each in its own process (`<out>/jobs/<recipe>/`, with its log) with the cores divided
 among them, and merges their results into one table; on a 2-core CPU `--jobs 2` halves the wall clock.
 `--time-limit MINUTES` stops the run after that much wall clock the way Ctrl-C / SIGTERM do: the recipes
@@ -72,6 +74,8 @@ class Budget:
     max_vocab: int | None
     optimizer: str | None = None  # None: the recipe's (the papers' SGD); "adam": Adam 1e-3
     aggressive_epochs: int | None = None  # cap on aggressive's aggressive phase (None: He et al.'s MI stop alone)
+    # per-recipe settings, as `--set` gives them (the user's `--set` wins; `--epochs` drops the budget's epochs)
+    recipe_settings: dict = dataclasses.field(default_factory=dict)
 
 
 BUDGETS = {
@@ -80,8 +84,12 @@ BUDGETS = {
     # `small` gives it 10. An aggressive epoch costs ~20 plain ones on a CPU (40-45 encoder sub-steps per
     # step) and the MI stop had not fired after 3 epochs at this size, so `small` caps that phase at 2
     # epochs to finish within 30 minutes (measured: benchmarks/results/reproduce-yelp-cpu-sgd.md).
+    # `cyclical` in its paper form collapses at this size (AU only during the low-weight ramps, 0 after an
+    # epoch at weight 1, over 10 and 40 epochs); Fu et al.'s own PTB script (beta from 0.1, 10-epoch cycles,
+    # cosine learning-rate restarts, Adam 1e-3) over its 40 epochs keeps units at weight 1, so `small` runs that.
     "small": Budget("small", max_train=10000, max_eval=2000, epochs=10, warm_up=2.0, pretrain_epochs=5,
-                    iw_samples=50, max_vocab=10000, aggressive_epochs=2),
+                    iw_samples=50, max_vocab=10000, aggressive_epochs=2,
+                    recipe_settings={"cyclical": {"variant": "ptb-script", "epochs": 40}}),
     "medium": Budget("medium", max_train=50000, max_eval=3000, epochs=15, warm_up=5.0, pretrain_epochs=5,
                      iw_samples=500, max_vocab=None),
     "full": Budget("full", max_train=None, max_eval=None, epochs=100, warm_up=None, pretrain_epochs=None,
@@ -213,8 +221,18 @@ def parse_settings(items: list[str], recipes: list[str]) -> dict[str, dict]:
                 value = text.strip()
         settings.setdefault(recipe, {})[option.strip().replace("-", "_")] = value
     for recipe, options in settings.items():
-        resolve_options(recipe, options)  # unknown or conflicting options fail here, before any training
+        recipe_only, _ = split_epochs(options, recipe)
+        resolve_options(recipe, recipe_only)  # unknown or conflicting options fail here, before any training
     return settings
+
+
+def split_epochs(options: dict, recipe: str, default: int | None = None) -> tuple[dict, int | None]:
+    """(the recipe's own options, its epochs): `epochs` is a training setting that `--set` also takes."""
+    options = dict(options)
+    epochs = options.pop("epochs", default)
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise ValueError(f"{recipe}.epochs must be a positive whole number of epochs, got {epochs!r}")
+    return options, epochs
 
 
 def resolve_args(argv=None):
@@ -240,14 +258,19 @@ def resolve_args(argv=None):
     budget = dataclasses.replace(budget, **{k: v for k, v in overrides.items() if v is not None})
     if budget.aggressive_epochs == 0:  # --aggressive-epochs 0: no cap
         budget = dataclasses.replace(budget, aggressive_epochs=None)
+    if args.epochs is not None:  # --epochs is every recipe's epochs, the budget's per-recipe ones too
+        budget = dataclasses.replace(budget, recipe_settings={
+            recipe: {k: v for k, v in options.items() if k != "epochs"}
+            for recipe, options in budget.recipe_settings.items()})
     if budget.pretrain_epochs is not None and budget.pretrain_epochs > budget.epochs:
         budget = dataclasses.replace(budget, pretrain_epochs=budget.epochs)
     try:
         args.recipe_settings = parse_settings(args.settings, recipes)
         from fastvae.training.recipes import build_recipe
 
-        for recipe in args.recipe_settings:  # every value checked with the budget's options, before any training
-            build_recipe(recipe, recipe_options(recipe, budget, args.recipe_settings))
+        # every value checked with the budget's options, before any training
+        for recipe in set(args.recipe_settings) | (set(budget.recipe_settings) & set(recipes)):
+            build_recipe(recipe, split_epochs(recipe_options(recipe, budget, args.recipe_settings), recipe)[0])
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     published = DEFAULT_PUBLISHED[args.config] if args.published == "auto" else args.published
@@ -364,7 +387,7 @@ def load_data(data_dir: str | None, budget: Budget):
 # ----------------------------------------------------------------------------- runs
 def recipe_options(recipe: str, budget: Budget, settings: dict | None = None) -> dict:
     """The recipe's options under the budget (none under `full`: the protocol's defaults), then the
-    user's `--set` options for it (they win)."""
+    user's `--set` options for it (they win). May hold `epochs` (see `split_epochs`)."""
     options = {}
     if budget.warm_up is not None and recipe in ("aggressive", "pretrain-fb"):
         options["warm_up"] = budget.warm_up
@@ -372,6 +395,7 @@ def recipe_options(recipe: str, budget: Budget, settings: dict | None = None) ->
         options["pretrain_epochs"] = budget.pretrain_epochs
     if budget.aggressive_epochs is not None and recipe == "aggressive":
         options["aggressive_epochs"] = budget.aggressive_epochs
+    options.update(budget.recipe_settings.get(recipe, {}))
     options.update((settings or {}).get(recipe, {}))
     return options
 
@@ -380,11 +404,12 @@ def run_recipe(recipe: str, corpus, args, budget: Budget, out: str, corpus_info:
     from fastvae.training import Trainer
 
     options = recipe_options(recipe, budget, getattr(args, "recipe_settings", None))
+    own_options, epochs = split_epochs(options, recipe, budget.epochs)
     start = time.perf_counter()
     extra = {"optimizer": budget.optimizer} if budget.optimizer else {}
     trainer = Trainer(None, corpus, recipe=recipe, out_dir=os.path.join(out, recipe), config=args.config,
-                      epochs=budget.epochs, iw_samples=budget.iw_samples, device=args.device, seed=args.seed,
-                      progress=args.progress, corpus_info=corpus_info, recipe_options=options, **extra)
+                      epochs=epochs, iw_samples=budget.iw_samples, device=args.device, seed=args.seed,
+                      progress=args.progress, corpus_info=corpus_info, recipe_options=own_options, **extra)
     try:
         test = trainer.fit()
     except KeyboardInterrupt:
@@ -449,7 +474,7 @@ def collapse_verdict(result: dict) -> str:
 
 def _optimizer_text(optimizer) -> str:
     if optimizer is None:
-        return "the recipe's (SGD, as the papers)"
+        return "the recipe's (the papers' SGD; `cyclical`'s ptb-script variant: Adam 1e-3, as Fu et al.'s script)"
     if optimizer == "adam":
         return "Adam 1e-3 (a deviation from the papers' SGD)"
     return optimizer
@@ -582,7 +607,7 @@ def child_argv(args, recipe: str, out: str, threads: int) -> list[str]:
     if args.data is not None:
         argv += ["--data", os.path.abspath(args.data)]
     for flag in ("epochs", "max_train", "max_eval", "iw_samples", "max_vocab", "warm_up", "pretrain_epochs",
-                 "optimizer"):
+                 "aggressive_epochs", "optimizer"):
         value = getattr(args, flag)
         if value is not None:
             argv += ["--" + flag.replace("_", "-"), str(value)]
@@ -591,14 +616,20 @@ def child_argv(args, recipe: str, out: str, threads: int) -> list[str]:
     return argv
 
 
-def run_in_jobs(args, recipes: list[str], out: str) -> tuple[list[dict], str]:
+def job_order(recipes: list[str], budget: Budget, settings: dict) -> list[str]:
+    """The long recipes start first: aggressive (its inner loop), then those given more epochs, then
+    pretrain-fb (two phases)."""
+    epochs = {r: split_epochs(recipe_options(r, budget, settings), r, budget.epochs)[1] for r in recipes}
+    return sorted(recipes, key=lambda r: (r != "aggressive", -epochs[r], r != "pretrain-fb"))
+
+
+def run_in_jobs(args, recipes: list[str], out: str, budget: Budget) -> tuple[list[dict], str]:
     """Runs each recipe in its own worker process, `args.jobs` at a time; returns (runs in the recipes' order,
     status). Ctrl-C / SIGTERM stops the workers the same way (each keeps its partial result)."""
     import subprocess
 
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    # the long recipes start first (aggressive's inner loop, pretrain-fb's two phases); the table keeps `recipes` order
-    pending = sorted(recipes, key=lambda r: r not in ("aggressive", "pretrain-fb"))
+    pending = job_order(recipes, budget, args.recipe_settings)  # the table keeps `recipes` order
     running, finished = {}, {}
     interrupted = False
     try:
@@ -731,7 +762,7 @@ def main_jobs(args, budget, recipes, published, out, argv) -> int:
     print(f"reproduce: config {args.config}, recipes {', '.join(recipes)} in {args.jobs} jobs, budget {budget}, "
           f"data {data_info}, out {out}", flush=True)
     start = time.perf_counter()
-    payload["runs"], status = run_in_jobs(args, recipes, out)
+    payload["runs"], status = run_in_jobs(args, recipes, out, budget)
     disarm_time_limit()
     payload["wall_seconds"] = time.perf_counter() - start
     payload["load_average_now"] = list(os.getloadavg())

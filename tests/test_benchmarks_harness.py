@@ -230,6 +230,16 @@ def test_resolve_args_budget_and_gpu_check_call(tmp_path):
     assert reproduce.recipe_options("aggressive", budget, {"aggressive": {"aggressive_epochs": 4}}) == {
         "warm_up": 3.5, "aggressive_epochs": 4}  # the user's --set wins
     assert reproduce.resolve_args(["--budget", "full", "--optimizer", "adam"])[1].optimizer == "adam"
+    # small runs cyclical as Fu et al.'s PTB script over its 40 epochs; --epochs sets every recipe's epochs
+    small = reproduce.BUDGETS["small"]
+    assert reproduce.recipe_options("cyclical", small) == {"variant": "ptb-script", "epochs": 40}
+    assert reproduce.split_epochs(reproduce.recipe_options("cyclical", small), "cyclical", 10) == (
+        {"variant": "ptb-script"}, 40)
+    assert reproduce.split_epochs(reproduce.recipe_options("vae", small), "vae", 10) == ({}, 10)
+    one = reproduce.resolve_args(["--budget", "small", "--epochs", "1"])[1]
+    assert reproduce.recipe_options("cyclical", one) == {"variant": "ptb-script"}
+    assert reproduce.recipe_options("cyclical", small, {"cyclical": {"variant": "paper", "epochs": 12}}) == {
+        "variant": "paper", "epochs": 12}  # the user's --set wins
     assert reproduce.resolve_args(["--config", "yahoo", "--published", "none"])[3] == "none"
 
 
@@ -252,6 +262,9 @@ def test_resolve_args_budget_and_gpu_check_call(tmp_path):
     (["--recipe", "cyclical", "--set", "cyclical.cycels=2"], "do not apply to recipe 'cyclical'"),
     (["--recipe", "cyclical", "--set", "cycles=2"], "expected RECIPE.OPTION=VALUE"),
     (["--recipe", "cyclical", "--set", "cyclical.cycles=2", "--set", "cyclical.cycle_epochs=3"], "conflicting"),
+    (["--recipe", "cyclical", "--set", "cyclical.epochs=0"], "cyclical.epochs must be a positive whole number"),
+    (["--recipe", "vae", "--set", "vae.epochs=2.5"], "vae.epochs must be a positive whole number"),
+    (["--recipe", "vae", "--set", "vae.epochs=true"], "vae.epochs must be a positive whole number"),
 ])
 def test_resolve_args_errors(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -275,6 +288,22 @@ def test_set_options_reach_the_recipe_and_the_worker_command():
     # the worker's own parse gives back the same options
     child, *_ = reproduce.resolve_args(argv[2:])
     assert child.recipe_settings == {"cyclical": {"cycles": 2}} and child.jobs == 1
+    # the long recipes start first
+    assert reproduce.job_order(list(reproduce.PAPER_RECIPES), reproduce.BUDGETS["small"], {}) == [
+        "aggressive", "cyclical", "pretrain-fb", "vae", "beta"]
+    assert reproduce.job_order(["vae", "beta"], reproduce.BUDGETS["small"], {"beta": {"epochs": 12}}) == [
+        "beta", "vae"]
+    # a worker gets every budget override, the aggressive cap and per-recipe epochs included
+    args = reproduce.resolve_args(["--recipe", "aggressive,vae", "--budget", "small", "--aggressive-epochs", "0",
+                                   "--set", "vae.epochs=3"])[0]
+    argv = reproduce.child_argv(args, "aggressive", "/tmp/x", threads=1)
+    assert argv[argv.index("--aggressive-epochs") + 1] == "0" and "--set" not in argv
+    argv = reproduce.child_argv(args, "vae", "/tmp/x", threads=1)
+    assert argv[argv.index("--set") + 1] == "vae.epochs=3"
+    child, child_budget, *_ = reproduce.resolve_args(argv[2:])
+    assert child_budget.aggressive_epochs is None
+    assert reproduce.split_epochs(reproduce.recipe_options("vae", child_budget, child.recipe_settings), "vae",
+                                  child_budget.epochs) == ({}, 3)
     # Python's spellings of booleans are booleans, not the (truthy) strings "False"/"True"
     args = reproduce.resolve_args(["--recipe", "vae", "--set", "vae.aggressive=False", "--set", "vae.fb_mode=dim",
                                    "--set", "vae.target_kl=4"])[0]
@@ -393,7 +422,7 @@ def test_main_on_a_tiny_fake_run(tmp_path, monkeypatch):
     md = table_path.read_text()
     assert md == (out / "reproduce.md").read_text()
     assert "Run status: finished" in md and "`vae` collapsed (AU 0)" in md and "355.9 / 3.7 / 2.3" in md
-    assert "optimiser the recipe's (SGD, as the papers)" in md and "aggressive phase capped at 2 epochs" in md
+    assert "optimiser the recipe's (the papers' SGD;" in md and "aggressive phase capped at 2 epochs" in md
     assert math.isfinite(payload["runs"][0]["test"]["nll"])
 
 
@@ -455,11 +484,11 @@ def test_reproduce_jobs_merge_the_workers_tables(tmp_path):
     assert rc == 0
     payload = json.loads((out / "reproduce.json").read_text())
     assert [r["recipe"] for r in payload["runs"]] == ["vae", "cyclical"] and payload["status"] == "finished"
-    assert payload["runs"][1]["options"] == {"cycles": 2}
+    assert payload["runs"][1]["options"] == {"variant": "ptb-script", "cycles": 2}  # the budget's, then --set
     for recipe in ("vae", "cyclical"):
         assert (out / "jobs" / recipe / recipe / "metrics.jsonl").exists()
     md = (out / "reproduce.md").read_text()
-    assert "2 recipes at a time" in md and "`cyclical` cycles=2" in md
+    assert "2 recipes at a time" in md and "`cyclical` variant=ptb-script, cycles=2" in md
 
 
 def test_reproduce_time_limit_keeps_partial_figures_and_skips_the_rest(tmp_path, monkeypatch):
