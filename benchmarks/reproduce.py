@@ -469,7 +469,7 @@ def collapse_verdict(result: dict) -> str:
     if "au" not in test:
         return "n/a (language model)"
     au = int(test["au"])
-    return "collapsed (AU 0)" if au == 0 else f"{au} active units"
+    return "collapsed (AU 0)" if au == 0 else f"{au} active unit{'s' if au > 1 else ''}"
 
 
 def _optimizer_text(optimizer) -> str:

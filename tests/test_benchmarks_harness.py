@@ -364,6 +364,7 @@ def test_published_table_and_verdict():
     row = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| `")}
     assert "328.6 / 0.0 / 0.0" in row["`vae`"] and "collapsed (AU 0)" in row["`vae`"]
     assert "328.5 / 3.8 / 2.2" in row["`beta`"] and "4 active units" in row["`beta`"]
+    assert reproduce.collapse_verdict(_fake_run("cyclical", 1)) == "1 active unit"
     assert "not published" in row["`cyclical`"] and "not published" in row["`pretrain-fb`"]
     assert row["`lm`"].rstrip().endswith("328.1 |") and "n/a (language model)" in row["`lm`"]
     assert "NLL (IW-500)" in table and "(Yahoo)" in table and "He et al." in table
