@@ -34,9 +34,10 @@ best.pt, training.png). With `--table PATH` the markdown table is also written t
 benchmarks/results/reproduce-yelp-cpu-sgd.md).
 
 Options: `--set RECIPE.OPTION=VALUE` gives one recipe an option of `fastvae train` (for example
-`--set cyclical.cycles=2`, or `--set cyclical.variant=paper --set cyclical.epochs=10` for the paper form; checked before any training, and listed under the table). `--jobs N` runs N
-recipes at a time, each in its own process (`<out>/jobs/<recipe>/`, with its log) with the cores divided
-among them, and merges their results into one table; on a 2-core CPU `--jobs 2` halves the wall clock.
+`--set cyclical.cycles=2`, or `--set cyclical.variant=paper --set cyclical.epochs=10` for the paper form;
+checked before any training, and listed under the table). `--jobs N` runs N recipes at a time, each in
+its own process (`<out>/jobs/<recipe>/`, with its log) with the cores divided among them, and merges their
+results into one table; on a 2-core CPU `--jobs 2` halves the wall clock.
 `--time-limit MINUTES` stops the run after that much wall clock the way Ctrl-C / SIGTERM do: the recipes
 running keep their last validation figures (marked partial), the ones not started are listed as skipped.
 """
@@ -268,8 +269,7 @@ def resolve_args(argv=None):
         args.recipe_settings = parse_settings(args.settings, recipes)
         from fastvae.training.recipes import build_recipe
 
-        # every value checked with the budget's options, before any training
-        for recipe in set(args.recipe_settings) | (set(budget.recipe_settings) & set(recipes)):
+        for recipe in recipes:  # every value checked with the budget's options, before any training
             build_recipe(recipe, split_epochs(recipe_options(recipe, budget, args.recipe_settings), recipe)[0])
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))

@@ -77,8 +77,8 @@ _RECIPE_FLAGS = ["kl_start", "warm_up", "beta", "variant", "cycles", "ratio", "r
                  "fb_mode", "target_kl", "aggressive", "max_inner_steps", "inner_window", "aggressive_epochs",
                  "pretrain_epochs"]
 _TRAIN_FLAGS = ["epochs", "batch_size", "batch_mode", "optimizer", "lr", "momentum", "clip", "patience",
-                "decay_factor", "decay_min_epoch", "max_decays", "plateau_decay", "seed", "device", "precision", "iw_samples",
-                "eval_batch_size", "log_interval", "checkpoint_every"]
+                "decay_factor", "decay_min_epoch", "max_decays", "plateau_decay", "seed", "device", "precision",
+                "iw_samples", "eval_batch_size", "log_interval", "checkpoint_every"]
 
 
 def _cmd_train(args) -> int:
@@ -127,9 +127,9 @@ def _train(args, ctx) -> int:
             raise ValueError(f"{last!r} holds a model only (no training state); --resume needs the last.pt of a run")
         cfg = saved["train_config"]
         recipe, recipe_options, config = cfg["recipe"], cfg["recipe_options"], cfg["config"]
-        # runs saved before an option existed trained with its old behaviour (plateau decay always on)
-        train_options = {k: cfg.get(k, True if k == "plateau_decay" else None) for k in _TRAIN_FLAGS}
-        train_options = {k: v for k, v in train_options.items() if k in cfg or k == "plateau_decay"}
+        train_options = {k: cfg[k] for k in _TRAIN_FLAGS if k != "plateau_decay"}
+        # runs saved before the option existed trained with plateau decay on
+        train_options["plateau_decay"] = cfg.get("plateau_decay", True)
         info = saved["corpus"]
         args.data, args.train, args.valid, args.test = info.get("data"), info.get("train"), info.get("valid"), \
             info.get("test")

@@ -283,6 +283,12 @@ class Trainer:
     def decoder_parameters(self):
         return list(self.model.decoder_parameters()) if self.is_vae else list(self.model.parameters())
 
+    def _new_plateau(self) -> PlateauDecay:
+        """A fresh decay-on-plateau for a phase (or one to load a checkpoint's state into)."""
+        return PlateauDecay(self.base_lr, patience=self.patience, factor=self.cfg.decay_factor,
+                            min_epoch=self.cfg.decay_min_epoch, max_decays=self.cfg.max_decays,
+                            enabled=self.plateau_decay)
+
     def _new_optimizers(self, lr: float):
         self.optimizers = {"decoder": make_optimizer(self.optimizer_name, self.decoder_parameters(), lr,
                                                      self.cfg.momentum)}
@@ -525,9 +531,7 @@ class Trainer:
                     self.model.load_state_dict(self._best_state)
                 self.model.reset_decoder_parameters()
                 broadcast_parameters(self.model, self.dist)  # ranks draw other random weights
-            self.plateau = PlateauDecay(self.base_lr, patience=self.patience, factor=self.cfg.decay_factor,
-                                        min_epoch=self.cfg.decay_min_epoch, max_decays=self.cfg.max_decays,
-                                    enabled=self.plateau_decay)
+            self.plateau = self._new_plateau()
             self.best_value, self.best_epoch, self._best_state = math.inf, None, None
             self.epoch = self.position = self.step = 0
             self._new_optimizers(self.plateau.lr)
@@ -749,9 +753,7 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.phase_index, self.epoch = state["phase_index"], state["epoch"]
         self.position, self.step, self.global_step = state["position"], state["step"], state["global_step"]
-        self.plateau = PlateauDecay(self.base_lr, patience=self.patience, factor=self.cfg.decay_factor,
-                                    min_epoch=self.cfg.decay_min_epoch, max_decays=self.cfg.max_decays,
-                                    enabled=self.plateau_decay)
+        self.plateau = self._new_plateau()
         self.plateau.load_state_dict(state["plateau"])
         self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
         self.phase.policy.load_state_dict(state["policy"])
