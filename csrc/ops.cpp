@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 
+#include "linear_cross_entropy.h"
 #include "lstm.h"
 
 namespace fastvae {
@@ -91,6 +92,35 @@ void check_lstm_sequence_backward_args(const Tensor& h0, const Tensor& c0, const
                     {"act", &act}});
 }
 
+void check_linear_cross_entropy_args(const Tensor& hidden, const Tensor& weight,
+                                     const std::optional<Tensor>& weight_compute, const Tensor& target,
+                                     const Tensor& row_scale, int64_t max_chunk_elems) {
+  TORCH_CHECK(hidden.dim() == 2, "fastvae.linear_cross_entropy: hidden must be 2-D [rows, hidden], got shape ",
+              hidden.sizes());
+  const int64_t N = hidden.size(0), H = hidden.size(1);
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == H && weight.size(0) > 0,
+              "fastvae.linear_cross_entropy: weight must be [vocab >= 1, hidden=", H, "], got shape ",
+              weight.sizes());
+  check_float_same("linear_cross_entropy", {{"hidden", &hidden}, {"weight", &weight}});
+  if (weight_compute.has_value() && weight_compute->defined()) {
+    TORCH_CHECK(weight_compute->sizes() == weight.sizes(), "fastvae.linear_cross_entropy: weight_compute must have "
+                "the shape of weight ", weight.sizes(), ", got ", weight_compute->sizes());
+    TORCH_CHECK(at::isFloatingType(weight_compute->scalar_type()) && weight_compute->device() == weight.device(),
+                "fastvae.linear_cross_entropy: weight_compute must be a floating-point tensor on ", weight.device(),
+                ", got ", weight_compute->scalar_type(), " on ", weight_compute->device());
+  }
+  TORCH_CHECK(target.dim() == 1 && target.size(0) == N && target.scalar_type() == at::kLong &&
+                  target.device() == hidden.device(),
+              "fastvae.linear_cross_entropy: target must be an int64 tensor [rows=", N, "] on ", hidden.device(),
+              ", got ", target.scalar_type(), " of shape ", target.sizes(), " on ", target.device());
+  TORCH_CHECK(row_scale.dim() == 1 && row_scale.size(0) == N && at::isFloatingType(row_scale.scalar_type()) &&
+                  row_scale.device() == hidden.device(),
+              "fastvae.linear_cross_entropy: row_scale must be a floating-point tensor [rows=", N, "] on ",
+              hidden.device(), ", got ", row_scale.scalar_type(), " of shape ", row_scale.sizes());
+  TORCH_CHECK(max_chunk_elems >= 1, "fastvae.linear_cross_entropy: max_chunk_elems must be >= 1, got ",
+              max_chunk_elems);
+}
+
 }  // namespace fastvae
 
 TORCH_LIBRARY(fastvae, m) {
@@ -101,8 +131,12 @@ TORCH_LIBRARY(fastvae, m) {
       "Tensor weight_hh, bool need_weight_grad) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "lstm_sequence_forward(Tensor input_gates, Tensor sample_gates, Tensor h0, Tensor c0, Tensor weight_hh, "
-      "bool save_for_backward) -> (Tensor, Tensor, Tensor, Tensor)");
+      "bool save_for_backward, Tensor? weight_hh_compute=None) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "lstm_sequence_backward(Tensor? grad_h_all, Tensor? grad_c_last, Tensor h0, Tensor c0, Tensor weight_hh, "
-      "Tensor h_all, Tensor c_all, Tensor act, bool[3] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor h_all, Tensor c_all, Tensor act, bool[3] output_mask, Tensor? weight_hh_compute=None) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "linear_cross_entropy_forward(Tensor hidden, Tensor weight, Tensor? weight_compute, Tensor target, "
+      "Tensor row_scale, bool[2] grad_mask, int max_chunk_elems) -> (Tensor, Tensor, Tensor, Tensor)");
 }
