@@ -40,15 +40,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_step_backward_cpu(const std::opt
 // (added at every step), h0, c0 [B, K, H], weight_hh [4H, H]
 // -> (h_all [B, K, T, H], c_last [B, K, H], c_all [B, K, T, H], act [B, K, T, 4H]);
 // c_all and act are empty (0 elements) when save_for_backward is false.
+// weight_hh_compute (optional): a low-precision copy of weight_hh (bfloat16) that the per-step recurrent GEMMs
+// read, h_{t-1} rounded to its dtype (float32 accumulation); the state and the pointwise math stay float32.
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_sequence_forward_cpu(const Tensor& input_gates,
                                                                      const Tensor& sample_gates, const Tensor& h0,
                                                                      const Tensor& c0, const Tensor& weight_hh,
-                                                                     bool save_for_backward);
+                                                                     bool save_for_backward,
+                                                                     const std::optional<Tensor>& weight_hh_compute =
+                                                                         std::nullopt);
 // Backward through time. output_mask = which of (input_gates, sample_gates, weight_hh) need a gradient;
 // the others come back empty. -> (grad_input_gates, grad_sample_gates, grad_h0, grad_c0, grad_weight_hh).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_sequence_backward_cpu(
     const std::optional<Tensor>& grad_h_all, const std::optional<Tensor>& grad_c_last, const Tensor& h0,
     const Tensor& c0, const Tensor& weight_hh, const Tensor& h_all, const Tensor& c_all, const Tensor& act,
-    std::array<bool, 3> output_mask);
+    std::array<bool, 3> output_mask, const std::optional<Tensor>& weight_hh_compute = std::nullopt);
 
 }  // namespace fastvae

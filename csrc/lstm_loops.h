@@ -149,15 +149,61 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> step_backward(const std::optional<Ten
   return {d_gates, grad_h, dc, grad_w};
 }
 
+// The recurrent GEMM out = a @ b (b maybe transposed) in float32, or, with a low-precision copy of the weight,
+// with `a` rounded into a_low and the product in that dtype, then widened into out.
+struct RecurrentGemm {
+  Tensor weight;      // float32 operand (maybe a transposed view)
+  Tensor weight_low;  // the same in low precision, or undefined
+  Tensor a_low, out_low;  // per-row scratch of the low-precision path: [N, k], [N, n]
+
+  RecurrentGemm(const Tensor& w, const std::optional<Tensor>& w_low, int64_t N, const at::TensorOptions& opts)
+      : weight(w) {
+    if (w_low.has_value() && w_low->defined()) {
+      weight_low = *w_low;
+      a_low = at::empty({N, w.size(0)}, opts.dtype(weight_low.scalar_type()));
+      out_low = at::empty({N, w.size(1)}, opts.dtype(weight_low.scalar_type()));
+    }
+  }
+  // rows [begin, begin + rows) of the product into out (a view of those rows)
+  void run(Tensor out, const Tensor& a, int64_t begin, int64_t rows) const {
+    if (!weight_low.defined()) {
+      at::mm_out(out, a, weight);
+      return;
+    }
+    auto a_rows = a_low.narrow(0, begin, rows);
+    a_rows.copy_(a);
+    auto o_rows = out_low.narrow(0, begin, rows);
+    at::mm_out(o_rows, a_rows, weight_low);
+    out.copy_(o_rows);
+  }
+};
+
+inline std::optional<Tensor> low_copy_view(const std::optional<Tensor>& w_low, bool transpose) {
+  if (!w_low.has_value() || !w_low->defined()) return std::nullopt;
+  return transpose ? w_low->t() : *w_low;
+}
+
+inline void check_weight_compute(const char* op, const Tensor& weight_hh, const std::optional<Tensor>& w_low) {
+  if (!w_low.has_value() || !w_low->defined()) return;
+  TORCH_CHECK(w_low->sizes() == weight_hh.sizes() && at::isFloatingType(w_low->scalar_type()) &&
+                  w_low->device() == weight_hh.device(),
+              "fastvae.", op, ": weight_hh_compute must be a floating-point tensor shaped like weight_hh ",
+              weight_hh.sizes(), " on ", weight_hh.device(), ", got ", w_low->scalar_type(), " ", w_low->sizes(),
+              " on ", w_low->device());
+}
+
 template <typename Device>
 std::tuple<Tensor, Tensor, Tensor, Tensor> sequence_forward(const Tensor& input_gates_in, const Tensor& sample_gates_in,
                                                             const Tensor& h0_in, const Tensor& c0_in,
-                                                            const Tensor& weight_hh_in, bool save) {
+                                                            const Tensor& weight_hh_in, bool save,
+                                                            const std::optional<Tensor>& weight_low = std::nullopt) {
   check_lstm_sequence_args(input_gates_in, sample_gates_in, h0_in, c0_in, weight_hh_in);
+  check_weight_compute("lstm_sequence", weight_hh_in, weight_low);
   if (needs_upcast(input_gates_in)) {
     auto [h_all, c_last, c_all, act] =
         sequence_forward<Device>(input_gates_in.to(at::kFloat), sample_gates_in.to(at::kFloat),
-                                 h0_in.to(at::kFloat), c0_in.to(at::kFloat), weight_hh_in.to(at::kFloat), save);
+                                 h0_in.to(at::kFloat), c0_in.to(at::kFloat), weight_hh_in.to(at::kFloat), save,
+                                 weight_low);
     const auto type = input_gates_in.scalar_type();
     return {h_all.to(type), c_last.to(type), c_all.to(type), act.to(type)};
   }
@@ -181,6 +227,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sequence_forward(const Tensor& input_
   }
   auto recurrent = at::empty({N, G}, opts);
   auto c_ping = save ? Tensor() : at::empty({2, N, H}, opts);
+  const RecurrentGemm gemm(weight_t, low_copy_view(weight_low, true), N, opts);
   AT_DISPATCH_FLOATING_TYPES(input_gates.scalar_type(), "fastvae.lstm_sequence", [&] {
     using T_ = scalar_t;
     // The whole time loop for rows [begin, end); row slices of every buffer are disjoint.
@@ -193,7 +240,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sequence_forward(const Tensor& input_
       const T_* c0_base = c0.data_ptr<T_>() + begin * H;
       for (int64_t t = 0; t < T; ++t) {
         // rec = h_{t-1} @ W_hh^T: h_{t-1} is read in place from h_all (rows of stride T*H).
-        at::mm_out(rec, t == 0 ? h0.narrow(0, begin, rows) : h_rows.select(1, t - 1), weight_t);
+        gemm.run(rec, t == 0 ? h0.narrow(0, begin, rows) : h_rows.select(1, t - 1), begin, rows);
         const T_* c_prev;
         int64_t c_prev_stride;
         T_* c_out;
@@ -233,8 +280,9 @@ template <typename Device>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
     const std::optional<Tensor>& grad_h_all_in, const std::optional<Tensor>& grad_c_last_in, const Tensor& h0_in,
     const Tensor& c0_in, const Tensor& weight_hh, const Tensor& h_all_in, const Tensor& c_all_in,
-    const Tensor& act_in, std::array<bool, 3> output_mask) {
+    const Tensor& act_in, std::array<bool, 3> output_mask, const std::optional<Tensor>& weight_low = std::nullopt) {
   check_lstm_sequence_backward_args(h0_in, c0_in, weight_hh, h_all_in, c_all_in, act_in);
+  check_weight_compute("lstm_sequence_backward", weight_hh, weight_low);
   const int64_t B = h_all_in.size(0), K = h_all_in.size(1), T = h_all_in.size(2), H = h_all_in.size(3);
   const int64_t G = 4 * H, N = B * K;
   const bool have_grad_h = grad_h_all_in.has_value() && grad_h_all_in->defined();
@@ -250,7 +298,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
   if (needs_upcast(h_all_in)) {
     auto out = sequence_backward<Device>(to_float(grad_h_all_in), to_float(grad_c_last_in), h0_in.to(at::kFloat),
                                          c0_in.to(at::kFloat), weight_hh.to(at::kFloat), h_all_in.to(at::kFloat),
-                                         c_all_in.to(at::kFloat), act_in.to(at::kFloat), output_mask);
+                                         c_all_in.to(at::kFloat), act_in.to(at::kFloat), output_mask, weight_low);
     const auto type = h_all_in.scalar_type();
     return {std::get<0>(out).to(type), std::get<1>(out).to(type), std::get<2>(out).to(type),
             std::get<3>(out).to(type), std::get<4>(out).to(type)};
@@ -267,6 +315,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
   auto dc = have_grad_c ? grad_c_last_in->reshape({N, H}).contiguous().clone() : at::zeros({N, H}, opts);
   auto dh_rec = at::zeros({N, H}, opts);
   auto d_gates = at::empty({N, T, G}, opts);
+  const RecurrentGemm gemm(weight, low_copy_view(weight_low, false), N, opts);
   if (N * H > 0) {
     AT_DISPATCH_FLOATING_TYPES(h_all.scalar_type(), "fastvae.lstm_sequence_backward", [&] {
       using T_ = scalar_t;
@@ -293,7 +342,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
           a.H = H;
           Device::template backward_step<T_>(a);
           // Gradient reaching h_{t-1}: d_gates_t @ W_hh (d_gates_t read in place, rows of stride T*G).
-          at::mm_out(dh_rows, d_gates_rows.select(1, t), weight);
+          gemm.run(dh_rows, d_gates_rows.select(1, t), begin, rows);
         }
       });
     });
@@ -308,7 +357,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
   if (output_mask[2]) {
     // All weight-gradient GEMMs of the sequence in one: sum_t d_gates_t^T @ h_{t-1}.
     const auto h_prev = T > 0 ? at::cat({h0.view({N, 1, H}), h_all.narrow(1, 0, T - 1)}, 1) : h_all;
-    grad_w = at::mm(d_gates.view({N * T, G}).t(), h_prev.reshape({N * T, H}));
+    if (gemm.weight_low.defined()) {  // in the copy's precision, as the steps' GEMMs
+      const auto low = gemm.weight_low.scalar_type();
+      grad_w = at::mm(d_gates.view({N * T, G}).t().to(low), h_prev.reshape({N * T, H}).to(low)).to(opts.dtype());
+    } else {
+      grad_w = at::mm(d_gates.view({N * T, G}).t(), h_prev.reshape({N * T, H}));
+    }
   } else {
     grad_w = at::empty({0}, opts);
   }

@@ -366,7 +366,9 @@ def _add_train_parser(sub):
     g.add_argument("--resume", help="continue the run in this directory (or last.pt) exactly where it stopped")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="cpu or cuda")
-    g.add_argument("--precision", choices=["fp32", "bf16"])
+    g.add_argument("--precision", choices=["fp32", "bf16", "auto"],
+                   help="fp32 (default); bf16: bf16 GEMMs on bf16 weight copies, float32 master weights, loss and "
+                        "optimiser; auto: bf16 where the CPU has AMX/AVX512-BF16 or the GPU supports bf16")
     g.add_argument("--iw-samples", type=_nonneg_int, help="importance samples of the test NLL (500; 0: none)")
     g.add_argument("--eval-batch-size", type=_positive_int)
     g.add_argument("--log-interval", type=_positive_int)

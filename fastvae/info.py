@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from . import __version__, backend
+from . import __version__, backend, precision
 
 # Modules that register ops with fastvae.backend; imported so the report lists every op.
 OP_MODULES = ("fastvae.ops", "fastvae.functional", "fastvae.nn")
@@ -59,6 +59,7 @@ def collect() -> dict:
         "triton_mode": triton_mode,
         "requested_backend": backend.requested_backend(),
         "default_backends": {"cpu": backend.default_backends("cpu")},
+        "precision": precision.report(),
     }
     if torch.cuda.is_available():
         report["default_backends"]["cuda"] = backend.default_backends("cuda")
@@ -72,10 +73,16 @@ def format_report(r: dict) -> str:
                                          if r["compiled_core"]["built"]
                                          else f"NOT built ({r['compiled_core']['error']})"),
         f"built against torch {r['build'].get('torch_version', '?')}, CUDA build: "
-        f"{r['build'].get('with_cuda', '?')}",
+        f"{r['build'].get('with_cuda', '?')}"
+        + (f" (architectures {r['build'].get('cuda_arch_list') or 'of the GPUs at build time'}, toolkit "
+           f"{r['build'].get('cuda_home') or '?'})" if r["build"].get("with_cuda") else ""),
         f"CUDA device available: {r['cuda_available']}",
         f"Triton: {r['triton_mode']}",
         f"FASTVAE_BACKEND: {r['requested_backend']}",
+        f"CPU: {r['precision']['cpu']}; bf16 matrix instructions: "
+        f"{', '.join(r['precision']['cpu_bf16_instructions']) or 'none'}; --precision auto picks "
+        f"{r['precision']['auto_on_cpu']} on the CPU"
+        + (f", {r['precision']['auto_on_cuda']} on the GPU" if "auto_on_cuda" in r["precision"] else ""),
     ]
     for device, table in r["default_backends"].items():
         lines.append(f"default backend per op on {device}:")

@@ -310,3 +310,34 @@ def test_cuda_step_matches_cpu():
     got = lstm_step(*[a.cuda() for a in args])
     for g, w in zip(got, want):
         assert_close(g.cpu(), w, 1e-5, 1e-4)
+
+
+@cpp
+@pytest.mark.parametrize("B,K,T,H", [(3, 2, 5, 8), (1, 1, 1, 1), (33, 1, 12, 40)])
+def test_sequence_bfloat16_weight_copy_matches_its_reference(B, K, T, H):
+    """weight_hh_compute (bfloat16 per-step GEMMs): equal to the plain-torch recurrence with the same bf16 GEMMs,
+    forward and backward, and within twice autocast's bf16 error of float64."""
+    inputs = make_sequence_inputs(B, K, T, H, requires_grad=True)
+    copy = inputs[4].detach().to(torch.bfloat16)
+    h_all, c_last = lstm_sequence(*inputs, weight_hh_compute=copy)
+    ref = [t.detach().clone().requires_grad_() for t in inputs]
+    h_ref, c_ref = lstm_sequence_reference(*ref, compute_dtype=torch.bfloat16)
+    # the same bf16 GEMMs; a product that rounds the other way in bf16 (another summation order) moves a state
+    # by a bf16 ulp, so equal to bf16 accuracy, not bitwise
+    assert_close(h_all, h_ref, 2e-3, 1e-2, "h_all")
+    grad_h = torch.randn_like(h_all)
+    torch.autograd.backward([h_all, c_last], [grad_h, torch.ones_like(c_last)])
+    exact = [t.detach().double().requires_grad_() for t in inputs]
+    h_exact, c_exact = lstm_sequence_reference(*exact)
+    torch.autograd.backward([h_exact, c_exact], [grad_h.double(), torch.ones_like(c_exact)])
+    autocast_in = [t.detach().clone().requires_grad_() for t in inputs]
+    h_ac, c_ac = lstm_sequence_reference(*autocast_in, compute_dtype=torch.bfloat16)
+    torch.autograd.backward([h_ac, c_ac], [grad_h, torch.ones_like(c_ac)])
+    assert (h_all.double() - h_exact).abs().max() <= 2 * (h_ac.double() - h_exact).abs().max() + 1e-6
+    for name, got, theirs, want in zip(["input_gates", "sample_gates", "h0", "c0", "weight_hh"], inputs, autocast_in,
+                                       exact):
+        ours = (got.grad.double() - want.grad).abs().max().item()
+        bound = (theirs.grad.double() - want.grad).abs().max().item()
+        assert ours <= 2 * bound + 1e-5, f"grad {name}: {ours} vs the bf16 reference's {bound}"
+    with pytest.raises(ValueError, match="weight_hh_compute must be"):
+        lstm_sequence(*inputs, weight_hh_compute=copy[:1])

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../lstm_loops.h"
+#include "vec_math.h"
 
 namespace fastvae {
 
@@ -18,27 +19,6 @@ namespace {
 
 // Rows per task: about 16k units of work, so small batches do not pay threading overhead.
 inline int64_t grain_rows(int64_t H) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(H, 1)); }
-
-// exp for float32 without a library call, so the loops below vectorise (Cody-Waite range reduction,
-// degree-6 polynomial, 2^n built from the exponent bits; about 1 ulp on [-87, 88], NaN stays NaN).
-inline float exp_f32(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  const float shift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
-  const float n = (x * 1.44269504088896341f + shift) - shift;
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
 
 template <typename T>
 struct Math {  // float64: the library functions (exact reference behaviour)
@@ -182,16 +162,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_step_backward_cpu(const std::opt
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_sequence_forward_cpu(const Tensor& input_gates,
                                                                      const Tensor& sample_gates, const Tensor& h0,
                                                                      const Tensor& c0, const Tensor& weight_hh,
-                                                                     bool save_for_backward) {
-  return loops::sequence_forward<CpuDevice>(input_gates, sample_gates, h0, c0, weight_hh, save_for_backward);
+                                                                     bool save_for_backward,
+                                                                     const std::optional<Tensor>& weight_hh_compute) {
+  return loops::sequence_forward<CpuDevice>(input_gates, sample_gates, h0, c0, weight_hh, save_for_backward,
+                                             weight_hh_compute);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_sequence_backward_cpu(
     const std::optional<Tensor>& grad_h_all, const std::optional<Tensor>& grad_c_last, const Tensor& h0,
     const Tensor& c0, const Tensor& weight_hh, const Tensor& h_all, const Tensor& c_all, const Tensor& act,
-    std::array<bool, 3> output_mask) {
+    std::array<bool, 3> output_mask, const std::optional<Tensor>& weight_hh_compute) {
   return loops::sequence_backward<CpuDevice>(grad_h_all, grad_c_last, h0, c0, weight_hh, h_all, c_all, act,
-                                             output_mask);
+                                             output_mask, weight_hh_compute);
 }
 
 }  // namespace fastvae

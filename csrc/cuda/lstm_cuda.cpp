@@ -54,18 +54,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_step_backward_cuda(const std::op
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_sequence_forward_cuda(const Tensor& input_gates,
                                                                       const Tensor& sample_gates, const Tensor& h0,
                                                                       const Tensor& c0, const Tensor& weight_hh,
-                                                                      bool save_for_backward) {
+                                                                      bool save_for_backward,
+                                                                      const std::optional<Tensor>& weight_hh_compute) {
   const c10::cuda::CUDAGuard guard(input_gates.device());
-  return loops::sequence_forward<CudaDevice>(input_gates, sample_gates, h0, c0, weight_hh, save_for_backward);
+  return loops::sequence_forward<CudaDevice>(input_gates, sample_gates, h0, c0, weight_hh, save_for_backward,
+                                             weight_hh_compute);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_sequence_backward_cuda(
     const std::optional<Tensor>& grad_h_all, const std::optional<Tensor>& grad_c_last, const Tensor& h0,
     const Tensor& c0, const Tensor& weight_hh, const Tensor& h_all, const Tensor& c_all, const Tensor& act,
-    std::array<bool, 3> output_mask) {
+    std::array<bool, 3> output_mask, const std::optional<Tensor>& weight_hh_compute) {
   const c10::cuda::CUDAGuard guard(h_all.device());
   return loops::sequence_backward<CudaDevice>(grad_h_all, grad_c_last, h0, c0, weight_hh, h_all, c_all, act,
-                                              output_mask);
+                                              output_mask, weight_hh_compute);
 }
 
 }  // namespace

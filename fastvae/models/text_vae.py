@@ -38,9 +38,34 @@ class LSTMEncoder(nn.Module):
         self.embed = nn.Embedding(vocab_size, emb_dim)
         self.lstm = nn.LSTM(emb_dim, hidden_dim, batch_first=True)
         self.to_posterior = nn.Linear(hidden_dim, 2 * latent_dim, bias=False)
+        self.weight_copies = None  # set_compute_dtype(torch.bfloat16)
+
+    def set_compute_dtype(self, dtype: torch.dtype | None) -> None:
+        """None: nn.LSTM in float32. torch.bfloat16: the same LSTM (its parameters) on fastvae's compiled recurrence,
+        its GEMMs on bfloat16 weight copies cast once per optimiser step; state and gradients float32."""
+        from ..nn.precision import WeightCopies
+
+        self.weight_copies = None if dtype is None else WeightCopies(dtype)
+
+    def _low_precision_states(self, tokens: torch.Tensor) -> torch.Tensor:
+        from ..nn.precision import _LowPrecisionLinear
+        from ..ops.lstm_sequence import lstm_sequence
+
+        lstm, copies = self.lstm, self.weight_copies
+        bias = lstm.bias_ih_l0 + lstm.bias_hh_l0
+        input_gates = _LowPrecisionLinear.apply(self.embed(tokens), lstm.weight_ih_l0, bias,
+                                                copies.get(lstm.weight_ih_l0))
+        B, H = tokens.shape[0], lstm.hidden_size
+        zeros = input_gates.new_zeros(B, 1, H)
+        h_all, _ = lstm_sequence(input_gates, input_gates.new_zeros(B, 1, 4 * H), zeros, zeros, lstm.weight_hh_l0,
+                                 copies.get(lstm.weight_hh_l0))
+        return h_all.squeeze(1)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor):
-        outputs, _ = self.lstm(self.embed(tokens))
+        if self.weight_copies is not None:
+            outputs = self._low_precision_states(tokens)
+        else:
+            outputs, _ = self.lstm(self.embed(tokens))
         # The LSTM is causal, so the output at the last real position ignores the padding after it:
         # gathering there is exact for padded batches and needs no host sync.
         last = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, outputs.shape[-1])
@@ -89,6 +114,19 @@ class TextVAE(nn.Module):
         _check_batch("TextVAE.reconstruction", tokens, lengths, self.vocab_size)
         return -self.decoder.token_log_likelihood(tokens[:, :-1], tokens[:, 1:], z, lengths=lengths - 1, pad_id=PAD)
 
+    def reconstruction_loss(self, tokens: torch.Tensor, lengths: torch.Tensor, z: torch.Tensor, scale: float = 1.0):
+        """(scale * the sum of -log p(x | z) over sentences, a differentiable scalar; per sentence, detached): the
+        training loss through the fused output layer + cross-entropy (LSTMDecoder.reconstruction_loss)."""
+        _check_batch("TextVAE.reconstruction_loss", tokens, lengths, self.vocab_size)
+        return self.decoder.reconstruction_loss(tokens[:, :-1], tokens[:, 1:], z, lengths=lengths - 1, pad_id=PAD,
+                                                scale=scale)
+
+    def set_compute_dtype(self, dtype: torch.dtype | None) -> None:
+        """bfloat16 GEMMs on cached weight copies (LSTMDecoder.set_compute_dtype, LSTMEncoder.set_compute_dtype);
+        None: float32."""
+        self.encoder.set_compute_dtype(dtype)
+        self.decoder.set_compute_dtype(dtype)
+
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, nsamples: int = 1, generator=None) -> dict:
         """One pass: posterior, reparameterised sample(s), reconstruction loss per sentence (and sample)."""
         from .. import functional as F
@@ -113,10 +151,17 @@ class LSTMLM(nn.Module):
         self.lstm = nn.LSTM(config.emb_dim, config.dec_hidden, batch_first=True)
         self.dropout_out = nn.Dropout(config.dropout_out)
         self.output = nn.Linear(config.dec_hidden, vocab_size, bias=False)
+        self.weight_copies = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         _reference_init(self)
+
+    def set_compute_dtype(self, dtype: torch.dtype | None) -> None:
+        """bfloat16: the fused output layer reads a bfloat16 copy of its weight, cast once per optimiser step."""
+        from ..nn.precision import WeightCopies
+
+        self.weight_copies = None if dtype is None else WeightCopies(dtype)
 
     def nll(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """-log p(x) summed over the predicted tokens: [B]."""
@@ -127,6 +172,23 @@ class LSTMLM(nn.Module):
         nll = nn.functional.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1), reduction="none")
         mask = (targets != PAD) & (torch.arange(targets.shape[1], device=tokens.device) < (lengths - 1).unsqueeze(1))
         return (nll.view_as(targets) * mask).sum(1)
+
+    def nll_loss(self, tokens: torch.Tensor, lengths: torch.Tensor, scale: float = 1.0):
+        """(scale * sum of -log p(x) over sentences, differentiable; per sentence, detached), through the fused
+        output layer + cross-entropy."""
+        from ..ops.linear_cross_entropy import linear_cross_entropy
+
+        _check_batch("LSTMLM.nll_loss", tokens, lengths, self.vocab_size)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        hidden, _ = self.lstm(self.dropout_in(self.embed(inputs)))
+        hidden = self.dropout_out(hidden).to(self.output.weight.dtype)  # float32 also under autocast
+        B, T = targets.shape
+        mask = (targets != PAD) & (torch.arange(T, device=tokens.device) < (lengths - 1).unsqueeze(1))
+        acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        copy = None if self.weight_copies is None else self.weight_copies.get(self.output.weight)
+        loss, nll = linear_cross_entropy(hidden.reshape(B * T, -1), self.output.weight, targets.reshape(-1),
+                                         mask.reshape(-1).to(acc) * float(scale), weight_compute=copy)
+        return loss, (nll.view(B, T) * mask).sum(1)
 
     forward = nll
 

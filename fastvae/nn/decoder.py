@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.linear_cross_entropy import linear_cross_entropy
 from ..ops.lstm_sequence import lstm_sequence
+from . import precision
 
 # token_log_likelihood evaluates at most this many logits at once (K is chunked to fit).
 DEFAULT_MAX_LOGITS = 2**25
@@ -59,7 +61,14 @@ class LSTMDecoder(nn.Module):
         self.bias_hh_l0 = nn.Parameter(torch.empty(gates))
         self.latent_to_cell = nn.Linear(latent_dim, hidden_dim, bias=False)
         self.output = nn.Linear(hidden_dim, vocab_size, bias=False)
+        self.weight_copies: precision.WeightCopies | None = None  # set_compute_dtype(torch.bfloat16)
         self.reset_parameters()
+
+    def set_compute_dtype(self, dtype: torch.dtype | None) -> None:
+        """None: float32 (the parameters' dtype). torch.bfloat16: the GEMMs of the input projection and of the
+        fused output layer read bfloat16 copies of the weights, cast once per optimiser step (the parameters,
+        the recurrence's state, the loss and the gradients stay float32)."""
+        self.weight_copies = None if dtype is None else precision.WeightCopies(dtype)
 
     def reset_parameters(self) -> None:
         """Reference init: every parameter U(-0.01, 0.01), the embedding U(-0.1, 0.1)."""
@@ -111,14 +120,20 @@ class LSTMDecoder(nn.Module):
         """Word part of the input projection for every position, biases folded in: [B, T, 4H]."""
         embedded = self.dropout_in(self.embed(inputs))
         word_weight = self.weight_ih_l0[:, : self.emb_dim]
-        return F.linear(embedded, word_weight, self.bias_ih_l0 + self.bias_hh_l0)
+        bias = self.bias_ih_l0 + self.bias_hh_l0
+        if self.weight_copies is None:
+            return F.linear(embedded, word_weight, bias)
+        # the copy is cached for the whole parameter (a slice is a new tensor at every call)
+        word_copy = self.weight_copies.get(self.weight_ih_l0)[:, : self.emb_dim]
+        return precision._LowPrecisionLinear.apply(embedded, word_weight, bias, word_copy)
 
     def _hidden_states(self, input_gates, z3):
         """z3 [B, K, nz] -> LSTM outputs [B, K, T, H]."""
         z3 = z3.to(input_gates.dtype)
         sample_gates = F.linear(z3, self.weight_ih_l0[:, self.emb_dim:])
         c0 = self.latent_to_cell(z3)
-        h_all, _ = lstm_sequence(input_gates, sample_gates, torch.tanh(c0), c0, self.weight_hh_l0)
+        weight_low = None if self.weight_copies is None else self.weight_copies.get(self.weight_hh_l0)
+        h_all, _ = lstm_sequence(input_gates, sample_gates, torch.tanh(c0), c0, self.weight_hh_l0, weight_low)
         return h_all
 
     def forward(self, inputs: torch.Tensor, z: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -134,6 +149,55 @@ class LSTMDecoder(nn.Module):
         logits = self.output(self.dropout_out(h_all))
         return logits.squeeze(1) if squeeze else logits
 
+    def _target_mask(self, inputs, targets, lengths, pad_id):
+        mask = torch.ones_like(targets, dtype=torch.bool)
+        if pad_id is not None:
+            mask &= targets != pad_id
+        if lengths is not None:
+            mask &= torch.arange(inputs.shape[1], device=inputs.device) < lengths.unsqueeze(1)
+        return mask
+
+    def _check_targets(self, inputs, targets):
+        if not isinstance(targets, torch.Tensor) or targets.shape != inputs.shape or targets.dtype != torch.long:
+            raise ValueError(f"LSTMDecoder: targets must be a LongTensor shaped like inputs {tuple(inputs.shape)}, got "
+                             + (f"{targets.dtype} of shape {tuple(targets.shape)}"
+                                if isinstance(targets, torch.Tensor) else type(targets).__name__))
+        if not _compiling():
+            _check_ids("target ids", targets, self.vocab_size)
+
+    def _fused_nll(self, hidden, targets, mask, scale: float):
+        """hidden [B, K, T, H] -> (scale * masked NLL sum (differentiable), per-sentence NLL [B, K] detached)."""
+        B, K, T, H = hidden.shape
+        rows = hidden.reshape(B * K * T, H)
+        target_rows = targets.unsqueeze(1).expand(B, K, T).reshape(-1)
+        mask_rows = mask.unsqueeze(1).expand(B, K, T)
+        acc = torch.float64 if rows.dtype == torch.float64 else torch.float32
+        row_scale = mask_rows.reshape(-1).to(acc) * scale
+        weight = self.output.weight
+        copy = None if self.weight_copies is None else self.weight_copies.get(weight)
+        if rows.dtype != weight.dtype:  # low-precision states (autocast): GEMMs in their dtype, as autocast would
+            copy = weight.to(rows.dtype) if copy is None else copy
+            rows = rows.to(weight.dtype)
+        loss, nll = linear_cross_entropy(rows, self.output.weight, target_rows, row_scale, weight_compute=copy)
+        return loss, (nll.view(B, K, T) * mask_rows).sum(-1)
+
+    def reconstruction_loss(self, inputs: torch.Tensor, targets: torch.Tensor, z: torch.Tensor,
+                            lengths: torch.Tensor | None = None, pad_id: int | None = 0, scale: float = 1.0):
+        """The training loss: (scale * sum over sentences (and samples) of -log p(targets | z), a differentiable
+        scalar; -log p(targets | z) per sentence, [B] or [B, K], detached).
+
+        The output layer and the cross-entropy are one fused op (fastvae.ops.linear_cross_entropy): its
+        gradients are computed in the forward pass for this scaled sum, and the [rows, V] logits never exist at
+        once. Same masking as token_log_likelihood."""
+        self._check_inputs(inputs, z, lengths)
+        self._check_targets(inputs, targets)
+        squeeze = z.dim() == 2
+        z3 = z.unsqueeze(1) if squeeze else z
+        mask = self._target_mask(inputs, targets, lengths, pad_id)
+        hidden = self.dropout_out(self._hidden_states(self._input_gates(inputs), z3))
+        loss, per_sentence = self._fused_nll(hidden, targets, mask, float(scale))
+        return loss, (per_sentence.squeeze(1) if squeeze else per_sentence)
+
     def token_log_likelihood(self, inputs: torch.Tensor, targets: torch.Tensor, z: torch.Tensor,
                              lengths: torch.Tensor | None = None, pad_id: int | None = 0,
                              max_logits: int = DEFAULT_MAX_LOGITS) -> torch.Tensor:
@@ -143,24 +207,24 @@ class LSTMDecoder(nn.Module):
         The word projection runs once and is shared by all samples; K is processed in chunks so that at most
         about `max_logits` logits exist at a time (IW evaluation with K=500 never builds [B, K, T, V])."""
         self._check_inputs(inputs, z, lengths)
-        if not isinstance(targets, torch.Tensor) or targets.shape != inputs.shape or targets.dtype != torch.long:
-            raise ValueError(f"LSTMDecoder: targets must be a LongTensor shaped like inputs {tuple(inputs.shape)}, got "
-                             + (f"{targets.dtype} of shape {tuple(targets.shape)}"
-                                if isinstance(targets, torch.Tensor) else type(targets).__name__))
-        if not _compiling():
-            _check_ids("target ids", targets, self.vocab_size)
+        self._check_targets(inputs, targets)
         if max_logits < 1:
             raise ValueError(f"LSTMDecoder: max_logits must be positive, got {max_logits}")
         B, T = inputs.shape
         squeeze = z.dim() == 2
         z3 = z.unsqueeze(1) if squeeze else z
         K = z3.shape[1]
-        mask = torch.ones_like(targets, dtype=torch.bool)
-        if pad_id is not None:
-            mask &= targets != pad_id
-        if lengths is not None:
-            mask &= torch.arange(T, device=inputs.device) < lengths.unsqueeze(1)
+        mask = self._target_mask(inputs, targets, lengths, pad_id)
         input_gates = self._input_gates(inputs)
+        needs_grad = torch.is_grad_enabled() and (z.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if not needs_grad:
+            # evaluation (IW-NLL): the fused op, forward only; the logits exist one op chunk at a time, so K is
+            # chunked by the hidden states' size instead
+            chunk = max(1, min(K, max_logits // max(1, B * T * self.hidden_dim)))
+            pieces = [-self._fused_nll(self.dropout_out(self._hidden_states(input_gates, z3[:, s:s + chunk])),
+                                       targets, mask, 1.0)[1] for s in range(0, K, chunk)]
+            out = torch.cat(pieces, dim=1)
+            return out.squeeze(1) if squeeze else out
         per_sample = max(1, B * T * self.vocab_size)
         chunk = max(1, min(K, max_logits // per_sample))
         pieces = []

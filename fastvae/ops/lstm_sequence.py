@@ -28,13 +28,18 @@ def _cell(gates: torch.Tensor, c_prev: torch.Tensor):
     return o.sigmoid() * c.tanh(), c
 
 
-def lstm_step_reference(input_gates, h, c, weight_hh):
-    """One step in plain torch: gates = input_gates + h @ weight_hh^T; returns (h_new, c_new)."""
-    return _cell(torch.addmm(input_gates, h, weight_hh.t()), c)
+def lstm_step_reference(input_gates, h, c, weight_hh, compute_dtype=None):
+    """One step in plain torch: gates = input_gates + h @ weight_hh^T; returns (h_new, c_new).
+    compute_dtype (e.g. torch.bfloat16): the GEMM in that dtype, as autocast runs it."""
+    if compute_dtype is None:
+        return _cell(torch.addmm(input_gates, h, weight_hh.t()), c)
+    recurrent = (h.to(compute_dtype) @ weight_hh.to(compute_dtype).t()).to(input_gates.dtype)
+    return _cell(input_gates + recurrent, c)
 
 
-def lstm_sequence_reference(input_gates, sample_gates, h0, c0, weight_hh):
-    """The whole recurrence in plain torch (a Python loop over time); returns (h_all [B, K, T, H], c_last [B, K, H])."""
+def lstm_sequence_reference(input_gates, sample_gates, h0, c0, weight_hh, compute_dtype=None):
+    """The whole recurrence in plain torch (a Python loop over time); returns (h_all [B, K, T, H], c_last [B, K, H]).
+    compute_dtype: the recurrent GEMMs in that dtype (what weight_hh_compute does in the compiled op)."""
     B, T, G = input_gates.shape
     K = sample_gates.shape[1]
     H = G // 4
@@ -44,7 +49,7 @@ def lstm_sequence_reference(input_gates, sample_gates, h0, c0, weight_hh):
     hs = []
     for t in range(T):
         step_input = input_gates[:, t].repeat_interleave(K, dim=0) + per_sample
-        h, c = lstm_step_reference(step_input, h, c, weight_hh)
+        h, c = lstm_step_reference(step_input, h, c, weight_hh, compute_dtype)
         hs.append(h)
     h_all = torch.stack(hs, 1).view(B, K, T, H) if T else input_gates.new_zeros(B, K, 0, H)
     return h_all, c.view(B, K, H)
@@ -125,12 +130,14 @@ def _autocast_dtype(tensor):
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
 
 
-def lstm_sequence(input_gates, sample_gates, h0, c0, weight_hh):
+def lstm_sequence(input_gates, sample_gates, h0, c0, weight_hh, weight_hh_compute=None):
     """Runs the recurrence on the selected backend -> (h_all [B, K, T, H], c_last [B, K, H]).
 
     Differentiable in every argument. The compiled op saves its activations only when a gradient is
     needed, and its backward skips the gradients autograd does not ask for (no weight-gradient GEMM
-    when weight_hh needs none, e.g. while only the encoder is trained)."""
+    when weight_hh needs none, e.g. while only the encoder is trained).
+    weight_hh_compute: a bfloat16 copy of weight_hh (fastvae.nn.precision.WeightCopies) that the per-step
+    GEMMs read, forward and backward; the state, the pointwise math and the gradients stay float32."""
     dtype = _autocast_dtype(input_gates)
     if dtype is not None:
         # Under autocast the projections arrive in the low-precision dtype while weight_hh stays float32
@@ -139,12 +146,19 @@ def lstm_sequence(input_gates, sample_gates, h0, c0, weight_hh):
         with torch.autocast(input_gates.device.type, enabled=False):
             return lstm_sequence(*(t.to(dtype) for t in (input_gates, sample_gates, h0, c0, weight_hh)))
     _check_sequence(input_gates, sample_gates, h0, c0, weight_hh)
+    if weight_hh_compute is not None and (not isinstance(weight_hh_compute, torch.Tensor)
+                                          or weight_hh_compute.shape != weight_hh.shape
+                                          or not weight_hh_compute.is_floating_point()
+                                          or weight_hh_compute.device != weight_hh.device):
+        raise ValueError(f"lstm_sequence: weight_hh_compute must be a floating-point tensor shaped like weight_hh "
+                         f"{tuple(weight_hh.shape)} on {weight_hh.device}")
     if _select(SEQUENCE_OP.name, input_gates.device.type) == "cpp":
         save = _needs_grad(input_gates, sample_gates, h0, c0, weight_hh)
         h_all, c_last, _, _ = torch.ops.fastvae.lstm_sequence_forward(input_gates, sample_gates, h0, c0, weight_hh,
-                                                                      save)
+                                                                      save, weight_hh_compute)
         return h_all, c_last
-    return lstm_sequence_reference(input_gates, sample_gates, h0, c0, weight_hh)
+    compute = None if weight_hh_compute is None else weight_hh_compute.dtype
+    return lstm_sequence_reference(input_gates, sample_gates, h0, c0, weight_hh, compute)
 
 
 def lstm_step(input_gates, h, c, weight_hh):
@@ -162,9 +176,10 @@ def lstm_step(input_gates, h, c, weight_hh):
 
 # ------------------------------------------------------------------ autograd and fake kernels of the compiled ops
 def _sequence_setup(ctx, inputs, output):
-    _, _, h0, c0, weight_hh, save = inputs
+    _, _, h0, c0, weight_hh, save, *rest = inputs
     h_all, _, c_all, act = output
     ctx.saved = save
+    ctx.weight_low = rest[0] if rest else None  # the low-precision copy: an input without a gradient
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(h0, c0, weight_hh, h_all, c_all, act)
 
@@ -178,9 +193,9 @@ def _sequence_backward(ctx, grad_h_all, grad_c_last, _grad_c_all, _grad_act):
     needs = ctx.needs_input_grad
     mask = [needs[0], needs[1], needs[4]]
     grad_input, grad_sample, grad_h0, grad_c0, grad_weight = torch.ops.fastvae.lstm_sequence_backward(
-        grad_h_all, grad_c_last, h0, c0, weight_hh, h_all, c_all, act, mask)
+        grad_h_all, grad_c_last, h0, c0, weight_hh, h_all, c_all, act, mask, ctx.weight_low)
     return (grad_input if needs[0] else None, grad_sample if needs[1] else None, grad_h0 if needs[2] else None,
-            grad_c0 if needs[3] else None, grad_weight if needs[4] else None, None)
+            grad_c0 if needs[3] else None, grad_weight if needs[4] else None, None, None)
 
 
 def _step_setup(ctx, inputs, output):
@@ -204,7 +219,7 @@ def _register():
         return
 
     @torch.library.register_fake("fastvae::lstm_sequence_forward")
-    def _(input_gates, sample_gates, h0, c0, weight_hh, save_for_backward):
+    def _(input_gates, sample_gates, h0, c0, weight_hh, save_for_backward, weight_hh_compute=None):
         B, T, G = input_gates.shape
         K, H = sample_gates.shape[1], G // 4
         new = input_gates.new_empty
@@ -213,7 +228,7 @@ def _register():
         return new(B, K, T, H), new(B, K, H), new(0), new(0)
 
     @torch.library.register_fake("fastvae::lstm_sequence_backward")
-    def _(grad_h_all, grad_c_last, h0, c0, weight_hh, h_all, c_all, act, output_mask):
+    def _(grad_h_all, grad_c_last, h0, c0, weight_hh, h_all, c_all, act, output_mask, weight_hh_compute=None):
         B, K, T, H = h_all.shape
         new = h_all.new_empty
         return (new(B, T, 4 * H) if output_mask[0] else new(0), new(B, K, 4 * H) if output_mask[1] else new(0),

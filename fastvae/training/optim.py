@@ -86,3 +86,34 @@ class PlateauDecay:
         self.plateau_best = float(state["plateau_best"])
         self.not_improved = int(state["not_improved"])
         self.decays = int(state["decays"])
+
+
+def sparse_embedding_gradients_apply(optimizer_name: str, momentum: float, distributed: bool) -> bool:
+    """Whether embeddings may produce row-sparse gradients: plain SGD (momentum 0) on one process, whose update
+    `p -= lr * g` touches only the rows a batch used and equals the dense update (Adam's moments and momentum
+    buffers are dense by definition; the gradient all-reduce of torchrun needs dense tensors)."""
+    return optimizer_name == "sgd" and momentum == 0 and not distributed
+
+
+def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ (L2, foreach) that also takes row-sparse gradients (sparse embeddings):
+    a sparse gradient is coalesced (duplicate rows summed, as the dense gradient sums them) and its norm is
+    that of its values, so the total norm and the scaled gradients equal the dense computation's up to the
+    summation order. Returns the total norm."""
+    params = [p for p in params if p.grad is not None]
+    sparse = [p for p in params if p.grad.is_sparse]
+    if not sparse:
+        foreach = True if all(p.device.type in ("cpu", "cuda") for p in params) else None
+        return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=foreach)
+    for p in sparse:
+        p.grad = p.grad.coalesce()
+    dense = [p.grad for p in params if not p.grad.is_sparse]
+    norms = list(torch._foreach_norm(dense)) if dense else []
+    norms += [torch.linalg.vector_norm(p.grad._values()) for p in sparse]
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    if dense:
+        torch._foreach_mul_(dense, coef)
+    for p in sparse:
+        p.grad._values().mul_(coef)
+    return total
