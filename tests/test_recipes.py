@@ -9,6 +9,7 @@ import torch
 from fastvae import functional as F
 from fastvae.training import (AggressiveUpdate, JointUpdate, KLObjective, PlateauDecay, build_recipe,
                               resolve_options)
+from fastvae.training.step import StepResult
 from fastvae.training.schedules import ConstantSchedule, CyclicalSchedule, LinearAnnealing
 
 
@@ -36,11 +37,11 @@ class ScriptedTrainer:
         loss = self.decoder(self.encoder(x)).sum() * 0 + value * self.words
         stats = {"loss_sum": torch.tensor(value * self.words), "words": torch.tensor(self.words),
                  "rec_sum": torch.tensor(0.0), "kl_sum": torch.tensor(0.0), "sentences": 1}
-        return loss, stats
+        return StepResult(loss, stats, 1, 1)
 
-    def backward_and_step(self, loss, *, step_encoder, step_decoder, clip_params=None):
+    def backward_and_step(self, result, *, step_encoder, step_decoder, clip_params=None):
         dec_flags = [p.requires_grad for p in self.decoder.parameters()]
-        loss.backward()
+        result.loss.backward()
         dec_grads = [p.grad is not None for p in self.decoder.parameters()]
         for p in list(self.encoder.parameters()) + list(self.decoder.parameters()):
             p.grad = None

@@ -7,6 +7,7 @@
 - A NaN loss stops the run with a message naming the step; last.pt/best.pt stay the last good
   (finite) checkpoints and a resume from them runs.
 """
+import dataclasses
 import json
 import os
 import signal
@@ -115,11 +116,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, mon
     original = trainer.compute_loss
 
     def poisoned(batch, kl_weight):
-        loss, stats = original(batch, kl_weight)
+        result = original(batch, kl_weight)
         if trainer.global_step >= bad_step:
-            loss = loss * float("nan")
-            stats = {**stats, "loss_sum": stats["loss_sum"] * float("nan")}
-        return loss, stats
+            result = dataclasses.replace(result, loss=result.loss * float("nan"),
+                                         stats={**result.stats, "loss_sum": result.stats["loss_sum"] * float("nan")})
+        return result
 
     monkeypatch.setattr(trainer, "compute_loss", poisoned)
     with pytest.raises(TrainingDiverged, match=f"step {bad_step}") as info:

@@ -1,5 +1,6 @@
 """The Trainer end to end on the tiny config and a small built-in corpus: every recipe, the aggressive
 loop's stepping on a real model, the pretrain phase, decay-on-plateau, checkpoints, NaN guard, resume."""
+import dataclasses
 import json
 import math
 import os
@@ -85,9 +86,9 @@ def test_aggressive_steps_encoder_only_then_decoder_only(corpus):
     seen_dec_grad_flags = []
     original = trainer.backward_and_step
 
-    def spy(loss, **kw):
+    def spy(result, **kw):
         seen_dec_grad_flags.append(any(p.requires_grad for p in model.decoder_parameters()))
-        original(loss, **kw)
+        original(result, **kw)
         seen_dec_grad_flags.append(any(p.grad is not None for p in model.decoder_parameters()))
 
     trainer.backward_and_step = spy
@@ -99,8 +100,8 @@ def test_aggressive_steps_encoder_only_then_decoder_only(corpus):
     assert all(p.requires_grad for p in model.decoder_parameters())  # restored afterwards
     enc1 = params_of(model.encoder)
     trainer.backward_and_step = original
-    loss, _ = trainer.compute_loss(batch, 0.5)
-    trainer.backward_and_step(loss, step_encoder=False, step_decoder=True)
+    result = trainer.compute_loss(batch, 0.5)
+    trainer.backward_and_step(result, step_encoder=False, step_decoder=True)
     assert same(params_of(model.encoder), enc1)
     assert not same(params_of(model.decoder), dec0)
 
@@ -227,11 +228,11 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(corpus, tmp_pat
     real = trainer.compute_loss
 
     def poisoned(batch, kl_weight):
-        loss, stats = real(batch, kl_weight)
+        result = real(batch, kl_weight)
         if trainer.global_step >= bad_step:
-            loss = loss * float("nan")
-            stats = {**stats, "loss_sum": stats["loss_sum"] * float("nan")}
-        return loss, stats
+            result = dataclasses.replace(result, loss=result.loss * float("nan"),
+                                         stats={**result.stats, "loss_sum": result.stats["loss_sum"] * float("nan")})
+        return result
 
     trainer.compute_loss = poisoned
     with pytest.raises(TrainingDiverged, match=f"step {bad_step}"):
@@ -331,3 +332,48 @@ def test_vae_collapses_while_pretrain_fb_keeps_active_units():
     assert vae_test["au"] == 0, vae_test
     assert fb_test["au"] > 0, fb_test
     assert fb_test["kl"] > vae_test["kl"] + 1.0
+
+
+@pytest.mark.parametrize("recipe", ["vae", "lm", "aggressive"])
+def test_bf16_step_tracks_the_fp32_step(corpus, recipe):
+    """--precision bf16 (bf16 weight copies, fused loss) against fp32 on one tiny model: the same loss to bf16
+    accuracy, and the parameters after a few steps move the same way (cosine of the updates ~1)."""
+    options = {"max_inner_steps": 2, "inner_window": 2} if recipe == "aggressive" else {}
+    runs = []
+    for precision in ("fp32", "bf16"):
+        trainer = make(corpus, recipe, epochs=1, seed=5, precision=precision, **options)
+        trainer._start_phase(fresh=True)
+        trainer.model.train()
+        start = [p.detach().clone() for p in trainer.model.parameters()]
+        torch.manual_seed(3)
+        losses = []
+        for position in range(3):
+            stats = trainer.phase.policy.step(trainer, trainer._batches[position], 0.5)
+            losses.append(float(stats["loss_sum"]))
+        update = torch.cat([(p.detach() - s).flatten() for p, s in zip(trainer.model.parameters(), start)])
+        runs.append((losses, update))
+    (loss32, up32), (loss16, up16) = runs
+    for a, b in zip(loss32, loss16):
+        assert abs(a - b) <= 0.02 * abs(a) + 0.05, (loss32, loss16)
+    cosine = torch.nn.functional.cosine_similarity(up32, up16, dim=0)
+    assert cosine > 0.99, float(cosine)
+
+
+def test_precision_auto_follows_the_hardware(corpus, monkeypatch):
+    from fastvae import precision
+
+    expected = "bf16" if precision.cpu_bf16_features() else "fp32"
+    assert precision.resolve("auto", "cpu") == expected
+    assert make(corpus, "vae", epochs=1, precision="auto").precision == expected
+    precision.cpu_bf16_features.cache_clear()
+    monkeypatch.setattr(precision, "cpu_bf16_features", lambda: ())
+    assert precision.resolve("auto", "cpu") == "fp32"  # no bf16 matrix instructions: emulated bf16 is slower
+    monkeypatch.setattr(precision, "cpu_bf16_features", lambda: ("amx_bf16",))
+    assert precision.resolve("auto", "cpu") == "bf16"
+    assert precision.resolve("fp32", "cpu") == "fp32"
+    with pytest.raises(ValueError, match="unknown precision"):
+        make(corpus, "vae", epochs=1, precision="fp8")
+    from fastvae.info import collect, format_report
+
+    report = collect()
+    assert "auto_on_cpu" in report["precision"] and "--precision auto picks" in format_report(report)

@@ -1,8 +1,8 @@
 """Encoder-update policies: which optimiser steps on which loss, per outer training batch.
 
-A policy talks to the trainer through three methods (see `Trainer`):
-  `trainer.compute_loss(batch, kl_weight)` -> (loss scalar, stats dict of detached device tensors)
-  `trainer.backward_and_step(loss, step_encoder, step_decoder, clip_params)`
+Each implements `fastvae.training.step.EncoderUpdatePolicy` and talks to the trainer through three methods:
+  `trainer.compute_loss(batch, kl_weight)` -> a `StepResult` (loss, detached device stats, rows)
+  `trainer.backward_and_step(result, step_encoder, step_decoder, clip_params)`
   `trainer.random_train_batch()` -> a training batch drawn uniformly with replacement
 """
 from __future__ import annotations
@@ -17,9 +17,18 @@ class JointUpdate:
     active = False
 
     def step(self, trainer, batch, kl_weight: float) -> dict:
-        loss, stats = trainer.compute_loss(batch, kl_weight)
-        trainer.backward_and_step(loss, step_encoder=True, step_decoder=True)
-        return stats
+        result = trainer.compute_loss(batch, kl_weight)
+        trainer.backward_and_step(result, step_encoder=True, step_decoder=True)
+        return result.stats
+
+    def start_epoch(self) -> None:
+        return None
+
+    def epoch_fields(self) -> dict:
+        return {}
+
+    def epoch_summary(self, steps_done: int) -> str | None:
+        return None
 
     def end_of_epoch(self, trainer, valid_metrics: dict) -> str | None:
         return None
@@ -90,17 +99,30 @@ class AggressiveUpdate:
         # encoder sub-steps taken (a host count: the stop decisions already live on the host)
         self.inner_steps = 0
         self.last_inner_steps = 0
+        self.epoch_start_inner_steps = 0  # inner_steps when the current epoch began
 
     def step(self, trainer, batch, kl_weight: float) -> dict:
         if not self.active:
-            loss, stats = trainer.compute_loss(batch, kl_weight)
-            trainer.backward_and_step(loss, step_encoder=True, step_decoder=True)
-            return stats
+            result = trainer.compute_loss(batch, kl_weight)
+            trainer.backward_and_step(result, step_encoder=True, step_decoder=True)
+            return result.stats
         self.last_inner_steps = self.encoder_inner_loop(trainer, batch, kl_weight)
         self.inner_steps += self.last_inner_steps
-        loss, stats = trainer.compute_loss(batch, kl_weight)
-        trainer.backward_and_step(loss, step_encoder=False, step_decoder=True)
-        return stats
+        result = trainer.compute_loss(batch, kl_weight)
+        trainer.backward_and_step(result, step_encoder=False, step_decoder=True)
+        return result.stats
+
+    def start_epoch(self) -> None:
+        self.epoch_start_inner_steps = self.inner_steps
+
+    def epoch_fields(self) -> dict:
+        return {"aggressive": self.active, "aggressive_inner_steps": self.inner_steps - self.epoch_start_inner_steps}
+
+    def epoch_summary(self, steps_done: int) -> str | None:
+        if not steps_done:
+            return None
+        inner = self.inner_steps - self.epoch_start_inner_steps
+        return f"aggressive: {inner / steps_done:.1f} encoder sub-steps/step" if inner else "aggressive off"
 
     def encoder_inner_loop(self, trainer, batch, kl_weight: float) -> int:
         """Runs the inner loop; returns how many encoder sub-steps it took."""
@@ -112,12 +134,12 @@ class AggressiveUpdate:
             for sub in range(1, self.max_inner_steps + 1):
                 if sub > 1:
                     enc_batch = trainer.random_train_batch()
-                loss, stats = trainer.compute_loss(enc_batch, kl_weight)
-                trainer.backward_and_step(loss, step_encoder=True, step_decoder=False,
+                result = trainer.compute_loss(enc_batch, kl_weight)
+                trainer.backward_and_step(result, step_encoder=True, step_decoder=False,
                                           clip_params=trainer.encoder_parameters())
-                summed = stats["loss_sum"]
+                summed, words = result.stats["loss_sum"], result.stats["words"]
                 window_loss = summed if window_loss is None else window_loss + summed
-                window_words = stats["words"] if window_words is None else window_words + stats["words"]
+                window_words = words if window_words is None else window_words + words
                 if sub % self.window == 0:
                     current = (window_loss / window_words).item()  # the stop decision needs the host
                     if previous - current < 0:
@@ -147,7 +169,8 @@ class AggressiveUpdate:
 
     def state_dict(self) -> dict:
         return {"active": self.active, "previous_mi": self.previous_mi, "inner_steps": self.inner_steps,
-                "switched_off_epoch": self.switched_off_epoch, "epochs_on": self.epochs_on}
+                "switched_off_epoch": self.switched_off_epoch, "epochs_on": self.epochs_on,
+                "epoch_start_inner_steps": self.epoch_start_inner_steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.active = bool(state["active"])
@@ -155,6 +178,8 @@ class AggressiveUpdate:
         self.inner_steps = int(state["inner_steps"])
         self.switched_off_epoch = state.get("switched_off_epoch")
         self.epochs_on = int(state.get("epochs_on", 0))  # absent from checkpoints written before the cap
+        # kept by the trainer in checkpoints written before the policy kept it (see Trainer._restore)
+        self.epoch_start_inner_steps = int(state.get("epoch_start_inner_steps", 0))
 
     def describe(self) -> dict:
         return {"name": self.name, "max_inner_steps": self.max_inner_steps, "window": self.window,

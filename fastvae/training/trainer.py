@@ -28,11 +28,13 @@ from .. import __version__
 from .checkpoint import FORMAT_VERSION, atomic_torch_save, capture_rng_state, read_checkpoint, restore_rng_state
 from .distributed import (SINGLE, DistContext, all_gather_object, allreduce_gradients, broadcast_parameters,
                           distributed_evaluate, global_noise, main_reads, shard_batch)
-from .optim import DEFAULT_LR, OPTIMIZERS, PlateauDecay, make_optimizer
+from .optim import (DEFAULT_LR, OPTIMIZERS, PlateauDecay, clip_grad_norm, make_optimizer,
+                    sparse_embedding_gradients_apply)
 from .recipes import RECIPE_OPTIONS, Recipe, build_recipe
 from .schedules import CosineRestartLR
+from .step import StepResult
+from ..precision import PRECISIONS, resolve as resolve_precision
 
-PRECISIONS = ("fp32", "bf16")
 BATCH_MODES = ("bucket", "padded")
 
 
@@ -61,7 +63,7 @@ class TrainConfig:
     plateau_decay: bool | None = None  # None: the recipe's default (on; off for cyclical's ptb-script variant)
     seed: int = 0
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = "fp32"  # fp32 | bf16 | auto (fastvae.precision)
     eval_batch_size: int = 64
     iw_samples: int = 500  # importance samples of the final test NLL (0: no IW-NLL)
     log_interval: int = 50  # steps between host reads (progress bar, NaN check)
@@ -175,7 +177,8 @@ class Trainer:
                              f"{self.dist.device}: give the same --device to every rank")
         if self.dist.enabled:
             self.device = self.dist.device  # cuda:LOCAL_RANK under torchrun
-        if self.cfg.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        self.precision = resolve_precision(self.cfg.precision, self.device)  # auto decided here, once
+        if self.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ValueError("--precision bf16 asked for, but this GPU does not support bfloat16; use fp32")
         self._check_corpus(corpus)
 
@@ -185,7 +188,11 @@ class Trainer:
         self.model.to(self.device)
         broadcast_parameters(self.model, self.dist)  # every rank starts from rank 0's weights
         self.batch_size = self.cfg.batch_size or self.model.config.batch_size
-        if self.cfg.precision == "bf16":
+        # a model that keeps bfloat16 copies of its weights runs its decoder GEMMs on them (no autocast there)
+        self._model_casts_itself = self.precision == "bf16" and hasattr(self.model, "set_compute_dtype")
+        if self._model_casts_itself:
+            self.model.set_compute_dtype(torch.bfloat16)
+        if self.precision == "bf16":
             self._check_bf16()
         defaults = self.recipe.train_defaults
         self.optimizer_name = self.cfg.optimizer or defaults.get("optimizer", "sgd")
@@ -196,6 +203,13 @@ class Trainer:
         else:
             self.base_lr = DEFAULT_LR[self.optimizer_name]
         self.patience = self.cfg.patience or defaults.get("patience", 2)
+        # fastvae's own models: embedding gradients as the rows a batch touched, where the update allows it
+        # (a dense [vocab, emb] gradient costs a zero fill, a norm and an update pass over the whole table)
+        if sparse_embedding_gradients_apply(self.optimizer_name, self.cfg.momentum, self.dist.enabled) \
+                and model is None:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.Embedding):
+                    module.sparse = True
         self.plateau_decay = (self.cfg.plateau_decay if self.cfg.plateau_decay is not None
                               else defaults.get("plateau_decay", True))
 
@@ -218,10 +232,7 @@ class Trainer:
         # reparameterisation noise for the whole global batch (every rank keeps it in step and
         # takes its rows): a row's noise does not depend on the number of ranks
         self._noise_gen = torch.Generator(device=self.device).manual_seed(_derive_seed(self.cfg.seed, 5))
-        self._rows = (0, 0)  # (this rank's rows, the global batch's rows) of the last compute_loss
-        self._pending_stats = None
         self._batches: list = []
-        self._inner_steps_at_epoch_start = 0
         self.test_metrics = None
         self.stopped_reason = None
 
@@ -308,8 +319,10 @@ class Trainer:
     def _phase_epochs(self, phase) -> int:
         return phase.epochs or self.cfg.epochs
 
-    def _autocast(self):
-        if self.cfg.precision == "bf16":
+    def _autocast(self, own_copies: bool = False):
+        """bf16: autocast, except around a model that keeps its own bfloat16 weight copies (`own_copies=True` marks
+        the calls into such a model; `set_compute_dtype`: cast once per optimiser step instead of at every use)."""
+        if self.precision == "bf16" and not (own_copies and self._model_casts_itself):
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -324,16 +337,15 @@ class Trainer:
         return batches
 
     # ----------------------------------------------------------------- the step (used by policies)
-    def compute_loss(self, batch, kl_weight: float):
-        """(loss to minimise, detached device stats) for one global batch at KL weight `kl_weight`.
+    def compute_loss(self, batch, kl_weight: float) -> StepResult:
+        """The loss of one global batch at KL weight `kl_weight`, as a StepResult (nothing is kept here).
 
-        Distributed: the loss is that of this rank's rows (their mean); `backward_and_step` turns
-        gradients and the stats dict (in place) into the global batch's."""
+        Distributed: the loss is that of this rank's rows (their mean); `backward_and_step` turns the
+        gradients and the result's stats (in place) into the global batch's."""
         global_rows = batch.tokens.shape[0]
         batch = shard_batch(batch, self.dist).to(self.device)
         tokens, lengths = batch.tokens, batch.lengths
         n = tokens.shape[0]
-        self._rows = (n, global_rows)
         words = (lengths - 1).sum()
         if n == 0:  # a batch with fewer rows than ranks: this rank contributes nothing
             if self.is_vae:  # keep the noise generator in step with the other ranks
@@ -341,52 +353,67 @@ class Trainer:
             zero = torch.zeros((), device=self.device)
             stats = {"loss_sum": zero, "rec_sum": zero.clone(), "kl_sum": zero.clone(), "words": words,
                      "sentences": global_rows}
-            self._pending_stats = stats
-            return zero, stats
-        with self._autocast():
-            if not self.is_vae:
-                nll = self.model.nll(tokens, lengths).float()
-                loss = nll.mean()
-                detached = nll.detach().sum()
-                stats = {"loss_sum": detached, "rec_sum": detached, "kl_sum": torch.zeros_like(detached),
-                         "words": words, "sentences": global_rows}
-                self._pending_stats = stats
-                return loss, stats
+            return StepResult(zero, stats, 0, global_rows)
+        if not self.is_vae:
+            with self._autocast():
+                loss, nll = self._lm_loss(tokens, lengths, n)
+            detached = nll.sum()
+            stats = {"loss_sum": detached, "rec_sum": detached, "kl_sum": torch.zeros_like(detached),
+                     "words": words, "sentences": global_rows}
+            return StepResult(loss, stats, n, global_rows)
+        with self._autocast(own_copies=True):  # a model with its own weight copies casts its encoder too
             mu, logvar = self.model.encode(tokens, lengths)
-            mu, logvar = mu.float(), logvar.float()
-            if self.dist.enabled:
-                eps = global_noise(global_rows, mu.shape[1], self.dist, generator=self._noise_gen)
-                z, kl_term, kl_dim = self.phase.objective.sample(mu, logvar, noise=eps)
-            else:  # the same draw: [rows, 1, nz] from the noise generator
-                z, kl_term, kl_dim = self.phase.objective.sample(mu, logvar, generator=self._noise_gen)
-            rec = self.model.reconstruction(tokens, lengths, z).float()
-        loss = rec.mean() + kl_weight * kl_term
-        stats = {"loss_sum": loss.detach() * n, "rec_sum": rec.detach().sum(), "kl_sum": kl_dim.sum() * n,
+        mu, logvar = mu.float(), logvar.float()
+        if self.dist.enabled:
+            eps = global_noise(global_rows, mu.shape[1], self.dist, generator=self._noise_gen)
+            z, kl_term, kl_dim = self.phase.objective.sample(mu, logvar, noise=eps)
+        else:  # the same draw: [rows, 1, nz] from the noise generator
+            z, kl_term, kl_dim = self.phase.objective.sample(mu, logvar, generator=self._noise_gen)
+        with self._autocast(own_copies=True):
+            rec_loss, rec = self._reconstruction_loss(tokens, lengths, z, n)
+        loss = rec_loss + kl_weight * kl_term
+        stats = {"loss_sum": loss.detach() * n, "rec_sum": rec.sum(), "kl_sum": kl_dim.sum() * n,
                  "words": words, "sentences": global_rows}
-        self._pending_stats = stats
-        return loss, stats
+        return StepResult(loss, stats, n, global_rows)
 
-    def backward_and_step(self, loss, *, step_encoder: bool, step_decoder: bool, clip_params=None):
+    def _reconstruction_loss(self, tokens, lengths, z, rows: int):
+        """(mean over the rows of -log p(x|z), differentiable; per sentence, detached): the model's fused
+        `reconstruction_loss` when it has one, else the mean of its `reconstruction`."""
+        fused = getattr(self.model, "reconstruction_loss", None)
+        if fused is not None:
+            loss, rec = fused(tokens, lengths, z, scale=1.0 / rows)
+            return loss.float(), rec.float()
+        rec = self.model.reconstruction(tokens, lengths, z).float()
+        return rec.mean(), rec.detach()
+
+    def _lm_loss(self, tokens, lengths, rows: int):
+        fused = getattr(self.model, "nll_loss", None)
+        if fused is not None:
+            loss, nll = fused(tokens, lengths, scale=1.0 / rows)
+            return loss.float(), nll.float()
+        nll = self.model.nll(tokens, lengths).float()
+        return nll.mean(), nll.detach()
+
+    def backward_and_step(self, result: StepResult, *, step_encoder: bool, step_decoder: bool, clip_params=None):
+        """Backward of `result.loss`, gradient all-reduce (torchrun), clip, and the chosen optimiser steps."""
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
-        if loss.requires_grad:  # an empty shard's zero loss has no graph
-            loss.backward()
+        if result.loss.requires_grad:  # an empty shard's zero loss has no graph
+            result.loss.backward()
         if self.dist.enabled:
             # exact data parallelism: the global batch's gradient on every rank (frozen parameters
             # excluded), and the step's stats summed over ranks in the same all-reduce
-            local_rows, global_rows = self._rows
-            stats = self._pending_stats
+            stats = result.stats
             keys = ("loss_sum", "rec_sum", "kl_sum", "words")
-            synced = allreduce_gradients(self.model.parameters(), self.dist, local_rows=local_rows,
-                                         global_rows=global_rows, extras={k: stats[k] for k in keys})
+            synced = allreduce_gradients(self.model.parameters(), self.dist, local_rows=result.local_rows,
+                                         global_rows=result.global_rows, extras={k: stats[k] for k in keys})
             stats.update(synced)
         params = list(self.model.parameters()) if clip_params is None else list(clip_params)
         params = [p for p in params if p.grad is not None]
         if self.cfg.clip > 0 and params:
-            # foreach: one multi-tensor norm instead of a kernel per parameter (torch's default on CUDA only;
-            # 5.2 -> 2.0 ms per ptb step on a 2-core CPU); torch's own choice on other devices
-            foreach = True if all(p.device.type in ("cpu", "cuda") for p in params) else None
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.clip, foreach=foreach)
+            # foreach: one multi-tensor norm instead of a kernel per parameter (5.2 -> 2.0 ms per ptb step on a
+            # 2-core CPU); sparse embedding gradients are clipped by their rows
+            clip_grad_norm(params, self.cfg.clip)
         if step_encoder and "encoder" in self.optimizers:
             self.optimizers["encoder"].step()
         if step_decoder:
@@ -463,8 +490,7 @@ class Trainer:
                             "plateau": None if self.plateau is None else self.plateau.state_dict(),
                             "best_value": self.best_value, "best_epoch": self.best_epoch,
                             "policy": self.phase.policy.state_dict(), "epoch_sums": sums,
-                            "history": self.history, "stopped_reason": self.stopped_reason,
-                            "inner_steps_at_epoch_start": self._inner_steps_at_epoch_start},
+                            "history": self.history, "stopped_reason": self.stopped_reason},
                 "rng": capture_rng_state(data=self._data_gen, aux=self._aux_gen, noise=self._noise_gen),
                 "train_config": dataclasses.asdict(self.cfg),
                 "world_size": self.dist.world_size,
@@ -564,7 +590,7 @@ class Trainer:
         sums = self._epoch_sums
         total = len(self._batches)
         if self.position == 0:
-            self._inner_steps_at_epoch_start = getattr(phase.policy, "inner_steps", 0)
+            phase.policy.start_epoch()
         bar = None
         if self.cfg.progress and self.dist.is_main:
             from tqdm import tqdm
@@ -616,8 +642,7 @@ class Trainer:
     def _end_epoch(self, train: dict, elapsed: float, words: int, steps_done: int) -> bool:
         """Validation, selection, decay, logs and checkpoints; returns True when the phase must stop."""
         phase = self.phase
-        aggressive = phase.policy.name == "aggressive"
-        was_active = aggressive and phase.policy.active  # the state this epoch trained with
+        policy_fields = phase.policy.epoch_fields()  # the state this epoch trained with
         valid = self._evaluate(self.corpus.valid, final=False)
         message = phase.policy.end_of_epoch(self, valid)
         value = self._selection_value(valid)
@@ -629,9 +654,7 @@ class Trainer:
         lr_now = self.optimizers["decoder"].param_groups[0]["lr"]
         common = {"epoch": self.epoch + 1, "phase": phase.name, "step": self.global_step,
                   "kl_weight": kl_weight, "lr": lr_now}
-        if aggressive:
-            common["aggressive"] = was_active
-            common["aggressive_inner_steps"] = phase.policy.inner_steps - self._inner_steps_at_epoch_start
+        common.update(policy_fields)
         self._log_record({**common, "split": "train", **train, "elbo": train["rec"] + train["kl"],
                           "seconds": elapsed, "tokens_per_s": words / elapsed if elapsed > 0 else None})
         self._log_record({**common, "split": "valid", **valid, "selection": value, "best": improved})
@@ -672,10 +695,9 @@ class Trainer:
             parts.append(f"valid nll {valid['nll']:7.3f} ppl {valid['ppl']:8.2f}")
         speed = f"{words / elapsed:,.0f} tok/s" if elapsed > 0 else ""
         parts.append(f"{elapsed:5.1f}s {speed}")
-        policy = phase.policy
-        if policy.name == "aggressive" and steps_done:
-            inner = policy.inner_steps - self._inner_steps_at_epoch_start
-            parts.append(f"aggressive: {inner / steps_done:.1f} encoder sub-steps/step" if inner else "aggressive off")
+        summary = phase.policy.epoch_summary(steps_done)
+        if summary:
+            parts.append(summary)
         line = " | ".join(parts)
         if improved:
             line += " *"
@@ -705,7 +727,7 @@ class Trainer:
         self._print(f"fastvae train: recipe {self.recipe.name}, model {self.model.config.name} "
                     f"({sum(p.numel() for p in self.model.parameters()):,} parameters), "
                     f"{len(self.corpus.train):,} training sentences, batch {self.batch_size} ({self.cfg.batch_mode}), "
-                    f"{self.optimizer_name} lr {self.base_lr:g}, device {self.device}"
+                    f"{self.optimizer_name} lr {self.base_lr:g}, device {self.device}, precision {self.precision}"
                     + (f", out {self.out_dir}" if self.out_dir else ""))
         while self.phase_index < len(self.recipe.phases):
             self._start_phase(fresh)
@@ -756,10 +778,12 @@ class Trainer:
         self.plateau = self._new_plateau()
         self.plateau.load_state_dict(state["plateau"])
         self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
-        self.phase.policy.load_state_dict(state["policy"])
+        policy_state = dict(state["policy"])
+        if "inner_steps_at_epoch_start" in state:  # format 1 kept the policy's epoch start on the trainer
+            policy_state.setdefault("epoch_start_inner_steps", state["inner_steps_at_epoch_start"])
+        self.phase.policy.load_state_dict(policy_state)
         self.history = list(state["history"])
         self.stopped_reason = state.get("stopped_reason")
-        self._inner_steps_at_epoch_start = state.get("inner_steps_at_epoch_start", 0)
         self._new_optimizers(self.plateau.lr)
         for name, opt in self.optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][name])
