@@ -37,7 +37,8 @@ VOCAB = 6300
 # sentences per round (the reference costs ~0.26 s per ptb-size sentence on a 2-core CPU)
 SENTENCES = {"ptb": 8, "yahoo": 2} if not ON_GPU else {"ptb": 256, "yahoo": 128}
 ROUNDS = {"ptb": 2, "yahoo": 2} if not ON_GPU else {"ptb": 5, "yahoo": 3}
-PROVIDERS = ["baseline", "fastvae"]
+PROVIDERS = ["baseline", "fastvae", "fastvae-bf16"]  # bf16: GEMMs on bf16 weight copies (native bf16 only)
+PRECISION = {"fastvae": "fp32", "fastvae-bf16": "bf16"}
 
 
 def _sync():
@@ -71,7 +72,7 @@ def baseline_evaluator(config: str, num: int):
     return run
 
 
-def fastvae_evaluator(config: str, num: int):
+def fastvae_evaluator(config: str, num: int, precision: str = "fp32"):
     from fastvae.data import load_corpus
     from fastvae.evaluation import iw_nll
     from fastvae.models import TextVAE, get_config
@@ -80,6 +81,8 @@ def fastvae_evaluator(config: str, num: int):
     if len(corpus.vocab) != VOCAB:
         raise RuntimeError(f"benchmark corpus vocabulary is {len(corpus.vocab)}, expected {VOCAB}")
     model = TextVAE(len(corpus.vocab), get_config(config)).to(DEVICE).eval()
+    if precision == "bf16":
+        model.set_compute_dtype(torch.bfloat16)
     kwargs = {}
     params = inspect.signature(iw_nll).parameters
     if "device" in params:
@@ -93,12 +96,17 @@ def fastvae_evaluator(config: str, num: int):
     return run
 
 
-EVALUATORS = {"baseline": baseline_evaluator, "fastvae": fastvae_evaluator}
+EVALUATORS = {"baseline": baseline_evaluator, "fastvae": fastvae_evaluator,
+              "fastvae-bf16": lambda config, num: fastvae_evaluator(config, num, "bf16")}
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("config", [pytest.param("ptb", id="ptb-quick"), pytest.param("yahoo", id="yahoo")])
 def test_iw_nll_throughput(benchmark, config, provider):
+    from fastvae.precision import resolve
+
+    if PRECISION.get(provider) == "bf16" and resolve("auto", DEVICE) != "bf16":
+        pytest.skip("no native bf16 matrix instructions here (fastvae.precision): bf16 would be emulated")
     num = SENTENCES[config]
     run = EVALUATORS[provider](config, num)
     work = Workload.from_config(config, VOCAB)
@@ -106,7 +114,8 @@ def test_iw_nll_throughput(benchmark, config, provider):
     benchmark.group = f"iw_nll {shape}"
     benchmark.extra_info.update(provider=provider, shape=shape, device=DEVICE_NAME, suite="iw_nll", config=config,
                                 item="sentences", items_per_round=num,
-                                flops_per_round=num * work.iw_flops_per_sentence(WORDS + 1, SAMPLES))
+                                flops_per_round=num * work.iw_flops_per_sentence(WORDS + 1, SAMPLES),
+                                precision=PRECISION.get(provider, "fp32"))
     values = []
 
     def round_():

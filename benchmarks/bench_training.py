@@ -44,7 +44,10 @@ RECIPES = ["lm", "vae", "beta", "cyclical", "aggressive", "pretrain-fb"]
 # the aggressive encoder sub-steps alone (issue 5's per-sub-step target): SUBSTEPS encoder-only steps per round
 SUBSTEP_WORKLOAD = "aggressive-substeps"
 CONFIGS = ["ptb", "yahoo"]
-PROVIDERS = ["baseline", "fastvae"]
+# fastvae-bf16: --precision bf16 (bf16 GEMMs on cached weight copies), only where the hardware multiplies bf16
+# natively (fastvae.precision's `auto` rule: emulated bf16 is slower than fp32 and says nothing)
+PROVIDERS = ["baseline", "fastvae", "fastvae-bf16"]
+PRECISION = {"fastvae": "fp32", "fastvae-bf16": "bf16"}
 # outer steps per round and rounds, per size (CPU figures are slow; a GPU gets more of both)
 STEPS = {"ptb": 5, "yahoo": 2} if not ON_GPU else {"ptb": 20, "yahoo": 20}
 ROUNDS = {"ptb": 10, "yahoo": 2} if not ON_GPU else {"ptb": 10, "yahoo": 10}
@@ -131,7 +134,7 @@ def baseline_stepper(config: str, recipe: str):
     return step
 
 
-def fastvae_stepper(config: str, recipe: str):
+def fastvae_stepper(config: str, recipe: str, precision: str = "fp32"):
     """The recipe's step exactly as fastvae.Trainer runs it inside an epoch (its policy on the trainer)."""
     from fastvae.training import Trainer
 
@@ -139,7 +142,7 @@ def fastvae_stepper(config: str, recipe: str):
     recipe = "aggressive" if substeps_only else recipe
     options = {"max_inner_steps": SUBSTEPS, "inner_window": SUBSTEPS} if recipe == "aggressive" else {}
     trainer = Trainer(None, bench_corpus(), recipe=recipe, config=config, epochs=10, device=DEVICE, out_dir=None,
-                      iw_samples=0, progress=False, verbose=False, batch_size=BATCH, **options)
+                      iw_samples=0, progress=False, verbose=False, batch_size=BATCH, precision=precision, **options)
     if recipe == "pretrain-fb":  # time the free-bits phase (the pretraining phase is a plain VAE step at beta 0)
         trainer.phase_index = 1
     trainer._start_phase(True)  # optimisers, the epoch's batches, the schedule bound to them
@@ -162,7 +165,15 @@ def fastvae_stepper(config: str, recipe: str):
     return step
 
 
-STEPPERS = {"baseline": baseline_stepper, "fastvae": fastvae_stepper}
+STEPPERS = {"baseline": baseline_stepper, "fastvae": fastvae_stepper,
+            "fastvae-bf16": functools.partial(fastvae_stepper, precision="bf16")}
+
+
+def skip_unless_native_bf16(provider):
+    from fastvae.precision import resolve
+
+    if PRECISION.get(provider) == "bf16" and resolve("auto", DEVICE) != "bf16":
+        pytest.skip("no native bf16 matrix instructions here (fastvae.precision): bf16 would be emulated")
 
 
 def _param(config, recipe):
@@ -173,6 +184,7 @@ def _param(config, recipe):
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("config,recipe", [_param(c, r) for c in CONFIGS for r in RECIPES + [SUBSTEP_WORKLOAD]])
 def test_training_throughput(benchmark, config, recipe, provider):
+    skip_unless_native_bf16(provider)
     step = STEPPERS[provider](config, recipe)
     steps = 1 if recipe in ("aggressive", SUBSTEP_WORKLOAD) else STEPS[config]
     tokens, flops = flops_per_outer_step(config, recipe)
@@ -182,7 +194,8 @@ def test_training_throughput(benchmark, config, recipe, provider):
     benchmark.group = f"train {recipe} {shape}"
     benchmark.extra_info.update(provider=provider, shape=shape, device=DEVICE_NAME, suite="training", config=config,
                                 recipe=recipe, item="tokens", items_per_round=tokens * steps,
-                                flops_per_round=flops * steps, steps_per_round=steps)
+                                flops_per_round=flops * steps, steps_per_round=steps,
+                                precision=PRECISION.get(provider, "fp32"))
 
     def round_():
         for _ in range(steps):

@@ -131,8 +131,9 @@ def _sync(device):
 
 
 def measure_gemm_gflops(device: str | torch.device = "cpu", shapes=None, repeats: int = 5,
-                        min_time: float = 0.2) -> dict:
-    """Best fp32 GEMM rate over a few shapes (square and the workloads' own), medians of `repeats`.
+                        min_time: float = 0.2, dtype: torch.dtype = torch.float32) -> dict:
+    """Best GEMM rate over a few shapes (square and the workloads' own), medians of `repeats`, in `dtype`
+    (float32; bfloat16 for the floor of the bf16 workloads).
 
     On a GPU TF32 stays off for this (fp32 means fp32: the floors are fp32 floors)."""
     device = torch.device(device)
@@ -143,9 +144,9 @@ def measure_gemm_gflops(device: str | torch.device = "cpu", shapes=None, repeats
         torch.backends.cuda.matmul.allow_tf32 = False
     try:
         for m, k, n in shapes:
-            a = torch.randn(m, k, device=device)
-            b = torch.randn(k, n, device=device)
-            out = torch.empty(m, n, device=device)
+            a = torch.randn(m, k, device=device).to(dtype)
+            b = torch.randn(k, n, device=device).to(dtype)
+            out = torch.empty(m, n, device=device, dtype=dtype)
             torch.mm(a, b, out=out)
             _sync(device)
             # how many calls fill min_time
@@ -170,7 +171,7 @@ def measure_gemm_gflops(device: str | torch.device = "cpu", shapes=None, repeats
             torch.backends.cuda.matmul.allow_tf32 = tf32
     best = max(per_shape, key=per_shape.get)
     return {"gflops": per_shape[best], "best_shape": best, "per_shape": per_shape, "device": str(device),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "dtype": str(dtype).replace("torch.", "")}
 
 
 def hardware_name(device: str | torch.device = "cpu") -> str:

@@ -82,23 +82,28 @@ def _groups(rows):
 
 
 def headline_rows(result: dict) -> list[dict]:
-    """One line per end-to-end workload: fastvae vs baseline, speedup, fractions of the floor."""
+    """One line per end-to-end workload and fastvae precision: fastvae vs baseline, speedup, fractions of the
+    floor (a bf16 row's floor is the bf16 GEMM rate's)."""
     lines = []
     for group, members in _groups([r for r in result["rows"] if r["suite"] in HEADLINE_SUITES]).items():
         by = {m["provider"]: m for m in members}
-        fast, base = by.get("fastvae"), by.get("baseline")
-        any_row = fast or base
-        extra = any_row["extra"]
-        if any_row["suite"] == "training":
-            label = f"train {extra.get('config')} `{extra.get('recipe')}`"
-        else:
-            label = f"IW-NLL {extra.get('config')} K=500"
-        lines.append({
-            "label": label, "unit": f"{any_row.get('item', 'items')}/s", "shape": any_row["shape"],
-            "fastvae": fast, "baseline": base,
-            "speedup": fast.get("speedup_best") if fast and base else None,
-            "speedup_median": fast.get("speedup_median") if fast and base else None,
-        })
+        base = by.get("baseline")
+        for provider, precision in (("fastvae", "fp32"), ("fastvae-bf16", "bf16")):
+            fast = by.get(provider)
+            if fast is None and provider != "fastvae":
+                continue  # bf16 not measured on this hardware
+            any_row = fast or base
+            extra = any_row["extra"]
+            if any_row["suite"] == "training":
+                label = f"train {extra.get('config')} `{extra.get('recipe')}`"
+            else:
+                label = f"IW-NLL {extra.get('config')} K=500"
+            lines.append({
+                "label": f"{label} {precision}", "unit": f"{any_row.get('item', 'items')}/s",
+                "shape": any_row["shape"], "fastvae": fast, "baseline": base,
+                "speedup": fast.get("speedup_best") if fast and base else None,
+                "speedup_median": fast.get("speedup_median") if fast and base else None,
+            })
     return lines
 
 
@@ -126,7 +131,9 @@ def hardware_header(result: dict) -> str:
     device = "GPU" if result.get("device") == "cuda" else f"CPU, {result.get('cpu_count')} cores, {threads} threads"
     return (f"**{result['hardware']}** ({device}; torch {result.get('torch')}; {result.get('started', '?')}; "
             f"commit {result.get('git_commit') or '?'}). Load average {load_text}. Measured fp32 GEMM rate "
-            f"{gemm:.1f} GFLOP/s (at the end of the run {gemm_end:.1f}): the FLOP floor uses the first. "
+            f"{gemm:.1f} GFLOP/s (at the end of the run {gemm_end:.1f}): the FLOP floor uses the first"
+            + (f"; bf16 GEMM rate {result['gemm_bf16_start']['gflops']:.1f} GFLOP/s, the floor of the bf16 rows. "
+               if result.get("gemm_bf16_start") else ". ") +
             f"Command: `{result.get('command')}`.")
 
 

@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--published", choices=["auto", "yahoo", "yelp15", "none"], default="auto",
                    help="which published column to print (auto: from --config)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                   help="compute precision of every recipe (fastvae.precision; default fp32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default runs/reproduce-<config>-<budget>)")
     p.add_argument("--table", default=None, help="also write the markdown table to this path")
@@ -409,6 +411,7 @@ def run_recipe(recipe: str, corpus, args, budget: Budget, out: str, corpus_info:
     extra = {"optimizer": budget.optimizer} if budget.optimizer else {}
     trainer = Trainer(None, corpus, recipe=recipe, out_dir=os.path.join(out, recipe), config=args.config,
                       epochs=epochs, iw_samples=budget.iw_samples, device=args.device, seed=args.seed,
+                      precision=getattr(args, "precision", "fp32"),
                       progress=args.progress, corpus_info=corpus_info, recipe_options=own_options, **extra)
     try:
         test = trainer.fit()
@@ -603,7 +606,7 @@ def child_argv(args, recipe: str, out: str, threads: int) -> list[str]:
     """The command line of one `--jobs` worker: this script, one recipe, its own output folder."""
     argv = [sys.executable, os.path.abspath(__file__), "--recipe", recipe, "--out", out, "--threads", str(threads),
             "--config", args.config, "--budget", args.budget, "--published", args.published, "--device", args.device,
-            "--seed", str(args.seed)]
+            "--seed", str(args.seed), "--precision", getattr(args, "precision", "fp32")]
     if args.data is not None:
         argv += ["--data", os.path.abspath(args.data)]
     for flag in ("epochs", "max_train", "max_eval", "iw_samples", "max_vocab", "warm_up", "pretrain_epochs",
@@ -714,7 +717,8 @@ def main_sequential(args, budget, recipes, published, out, argv) -> int:
     if budget.max_vocab and data_dir:
         corpus_info["max_vocab"] = budget.max_vocab
     command = "python benchmarks/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    payload = {"command": command, "config": args.config, "budget": dataclasses.asdict(budget), "recipes": recipes,
+    payload = {"command": command, "config": args.config, "precision": args.precision,
+               "budget": dataclasses.asdict(budget), "recipes": recipes,
                "published": published, "data": data_info, "device": args.device, "seed": args.seed,
                "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "load_average_start": list(os.getloadavg()), "vocab_size": len(corpus.vocab),
@@ -754,7 +758,8 @@ def main_jobs(args, budget, recipes, published, out, argv) -> int:
     os.makedirs(out, exist_ok=True)
     _, data_info = prepare_data(args.data, out, budget, args.seed)
     command = "python benchmarks/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    payload = {"command": command, "config": args.config, "budget": dataclasses.asdict(budget), "recipes": recipes,
+    payload = {"command": command, "config": args.config, "precision": args.precision,
+               "budget": dataclasses.asdict(budget), "recipes": recipes,
                "published": published, "data": data_info, "device": args.device, "seed": args.seed,
                "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "load_average_start": list(os.getloadavg()), "jobs": args.jobs,

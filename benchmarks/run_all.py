@@ -54,8 +54,9 @@ def reference_provider(providers) -> str | None:
     return None
 
 
-def summarize(raw: dict, suite: str, gflops: float | None) -> list[dict]:
-    """Rows of one suite from pytest-benchmark's JSON: timings, throughput, ratio, fraction of floor."""
+def summarize(raw: dict, suite: str, gflops: float | None, bf16_gflops: float | None = None) -> list[dict]:
+    """Rows of one suite from pytest-benchmark's JSON: timings, throughput, ratio, fraction of floor (a row whose
+    extra_info says precision bf16 is measured against the bf16 GEMM rate, when there is one)."""
     rows = []
     for bench in raw.get("benchmarks", []):
         stats, extra = bench["stats"], dict(bench.get("extra_info") or {})
@@ -69,15 +70,31 @@ def summarize(raw: dict, suite: str, gflops: float | None) -> list[dict]:
             row["per_s_median"] = items / stats["median"]
             row["per_s_best"] = items / stats["min"]
         flops = extra.get("flops_per_round")
-        if flops and gflops:
+        rate = gflops
+        if extra.get("precision") == "bf16":
+            rate = bf16_gflops
+            row["floor_precision"] = "bf16"
+        if flops and rate:
+            gflops_row = rate
             # the floor: the time the workload's GEMM FLOPs take at the measured rate
-            floor_s = flops / (gflops * 1e9)
+            floor_s = flops / (gflops_row * 1e9)
             row["floor_s"] = floor_s
             row["fraction_of_floor_median"] = floor_s / stats["median"]
             row["fraction_of_floor_best"] = floor_s / stats["min"]
         rows.append(row)
     add_ratios(rows)
     return rows
+
+
+def measure_bf16_gemm(device: str) -> dict | None:
+    """The bf16 GEMM rate where the hardware multiplies bf16 natively (fastvae.precision's rule), else None."""
+    import floor
+    import torch
+    from fastvae.precision import resolve
+
+    if resolve("auto", device) != "bf16":
+        return None
+    return floor.measure_gemm_gflops(device, dtype=torch.bfloat16)
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -156,6 +173,9 @@ def main(argv=None) -> int:
     load_start = load_average()
     gemm_start = floor.measure_gemm_gflops(device)
     print(f"fp32 GEMM: {gemm_start['gflops']:.1f} GFLOP/s; load average {load_start}", flush=True)
+    gemm_bf16 = measure_bf16_gemm(device)
+    if gemm_bf16:
+        print(f"bf16 GEMM: {gemm_bf16['gflops']:.1f} GFLOP/s", flush=True)
 
     result = {"format": RESULTS_FORMAT, "hardware": hardware, "slug": slug, "device": device,
               "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -163,7 +183,7 @@ def main(argv=None) -> int:
               "command": "python benchmarks/run_all.py" + (" --quick" if args.quick else "")
               + (f" --suites {args.suites}" if args.suites else ""),
               "git_commit": _git_commit(), "env_note": env_note, "load_average_start": load_start,
-              "gemm_start": gemm_start, "suites": {}, "rows": []}
+              "gemm_start": gemm_start, "gemm_bf16_start": gemm_bf16, "suites": {}, "rows": []}
     for name, path in suites.items():
         raw_json = os.path.join(raw_dir, f"{name}.json")
         if os.path.exists(raw_json):
@@ -174,7 +194,8 @@ def main(argv=None) -> int:
         rows = []
         if os.path.exists(raw_json):
             with open(raw_json) as handle:
-                rows = summarize(json.load(handle), name, gemm_start["gflops"])
+                rows = summarize(json.load(handle), name, gemm_start["gflops"],
+                                 gemm_bf16["gflops"] if gemm_bf16 else None)
         info["benchmarks"] = len(rows)
         result["suites"][name] = info
         result["rows"].extend(rows)

@@ -526,3 +526,29 @@ def test_reproduce_time_limit_keeps_partial_figures_and_skips_the_rest(tmp_path,
     runs = payload["runs"]
     assert [r["recipe"] for r in runs] == ["vae"] and runs[0]["partial"] and "au" in runs[0]["test"]
     assert "(partial)" in (out / "reproduce.md").read_text()
+
+
+def test_fidelity_compares_runs_against_the_seed_spread(tmp_path):
+    import fidelity
+
+    def write(folder, elbos, au):
+        os.makedirs(tmp_path / folder / "vae", exist_ok=True)
+        with open(tmp_path / folder / "vae" / "metrics.jsonl", "w") as handle:
+            for epoch, elbo in enumerate(elbos, 1):
+                handle.write(json.dumps({"split": "train", "phase": "train", "epoch": epoch, "seconds": 2.0}) + "\n")
+                handle.write(json.dumps({"split": "valid", "phase": "train", "epoch": epoch, "rec": elbo - 1,
+                                         "kl": 1.0, "au": au}) + "\n")
+            handle.write(json.dumps({"split": "test", "phase": "train", "rec": elbos[-1] - 1, "kl": 1.0,
+                                     "au": au}) + "\n")
+
+    write("s0", [100.0, 90.0, 80.0], 5)
+    write("s1", [101.0, 90.5, 80.2], 7)
+    write("b", [100.4, 93.0, 80.1], 6)
+    runs = [fidelity.read_run(str(tmp_path / f), "vae") for f in ("s0", "s1")]
+    result = fidelity.compare_recipe("vae", runs, fidelity.read_run(str(tmp_path / "b"), "vae"))
+    assert [e["ok"] for e in result["epochs"]] == [True, False, True]  # epoch 2 is 2.75 off, the spread 0.5
+    assert result["au_within_spread"] and result["same_collapse_outcome"]
+    text = fidelity.render({"hardware": "test", "fp32_runs": ["s0", "s1"], "bf16_run": "b", "recipes": [result]})
+    assert "2 of 3" in text and "| 2 | 90.000 | 90.500 | 93.000 |" in text
+    with pytest.raises(SystemExit, match="not found"):
+        fidelity.read_run(str(tmp_path / "missing"), "vae")
