@@ -3,7 +3,10 @@
 Switches (environment variables):
   FASTVAE_CUDA=1        build the CUDA kernels (needs a CUDA-enabled torch and nvcc)
   FASTVAE_CUDA=0        CPU-only build, even where CUDA is available
-  FASTVAE_CUDA unset    CUDA when torch has CUDA and CUDA_HOME is found, or TORCH_CUDA_ARCH_LIST is set
+  FASTVAE_CUDA unset    CUDA when torch is a CUDA build and the CUDA toolkit is found (else CPU, with a note)
+  CUDA_HOME/CUDA_PATH   the CUDA toolkit; else the nvcc on PATH (wrappers and symlinks followed), else
+                        /usr/local/cuda (buildtools/cuda_toolkit.py)
+  TORCH_CUDA_ARCH_LIST  GPU architectures; default: the visible GPUs', or 8.0;9.0+PTX when none is visible
   MAX_JOBS              parallel compile jobs (ninja)
 Install against the torch already installed:  pip install --no-build-isolation .
 """
@@ -51,21 +54,58 @@ def read_sources():
     return sources
 
 
+def _load_cuda_toolkit_finder():
+    """buildtools/cuda_toolkit.py, by path: setup.py must not import the fastvae package (it needs _C)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("fastvae_cuda_toolkit", ROOT / "buildtools" / "cuda_toolkit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# Architectures built when none is asked for (TORCH_CUDA_ARCH_LIST) and no GPU is visible to ask: A100 and
+# H100 as machine code, PTX of the newest so later GPUs (Blackwell) compile it at load time.
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+
+
+def _use_cuda_toolkit(finder):
+    """Find the toolkit and hand it to torch's extension builder (its own guess breaks on nvcc wrappers)."""
+    home, how = finder.find_cuda_home()
+    os.environ["CUDA_HOME"] = home
+    cpp_extension.CUDA_HOME = home
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
+        how += f"; no GPU visible, so TORCH_CUDA_ARCH_LIST={DEFAULT_CUDA_ARCHS}"
+    print(f"fastvae build: CUDA toolkit {home} ({how})", file=sys.stderr)
+
+
 def want_cuda():
     flag = os.environ.get("FASTVAE_CUDA")
     if flag is not None and flag not in ("0", "1"):
         _fail(f"FASTVAE_CUDA must be 0 or 1, got {flag!r}")
     if flag == "0":
         return False
-    has_toolkit = cpp_extension.CUDA_HOME is not None
-    if flag == "1":
-        if torch.version.cuda is None or not has_toolkit:
-            _fail("FASTVAE_CUDA=1 but this torch has no CUDA support or no CUDA toolkit (CUDA_HOME) was found. "
-                  f"torch {torch.__version__}, CUDA_HOME={cpp_extension.CUDA_HOME}")
-        return True
-    if os.environ.get("TORCH_CUDA_ARCH_LIST") and torch.version.cuda is not None and has_toolkit:
-        return True
-    return torch.version.cuda is not None and has_toolkit
+    if torch.version.cuda is None:
+        if flag == "1":
+            _fail(f"FASTVAE_CUDA=1 but this torch ({torch.__version__}) is a CPU-only build. Install a CUDA "
+                  "build of torch, or build fastvae for the CPU with FASTVAE_CUDA=0.")
+        return False
+    finder = _load_cuda_toolkit_finder()
+    try:
+        _use_cuda_toolkit(finder)
+    except finder.CudaToolkitNotFound as exc:
+        if flag == "1" or any(os.environ.get(var) for var in finder.ENV_VARS):
+            _fail(f"FASTVAE_CUDA=1 needs the CUDA toolkit: {exc}" if flag == "1" else str(exc))
+        # A CUDA torch without a toolkit (a GPU machine with no nvcc): the CPU build works; say how to get CUDA.
+        print(f"fastvae build: building for the CPU only, since this torch has CUDA {torch.version.cuda} but {exc}",
+              file=sys.stderr)
+        return False
+    return True
+
+
+# No -std flag: torch's extension builder adds the standard the installed torch's headers need (C++17 up to
+# torch 2.13, C++20 from 2.14); forcing one breaks every other torch.
+EXTRA_CXX_FLAGS = ["-O3"]
 
 
 def write_build_info(with_cuda):
@@ -75,8 +115,10 @@ def write_build_info(with_cuda):
         "torch_version": torch.__version__,
         "torch_cuda_version": torch.version.cuda,
         "with_cuda": with_cuda,
-        "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST"),
-        "compiler_flags": ["-O3", "-std=c++17"],
+        "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None,
+        "cuda_home": os.environ.get("CUDA_HOME") if with_cuda else None,
+        "compiler_flags": EXTRA_CXX_FLAGS,
+        "cxx_standard": "torch's own (torch.utils.cpp_extension chooses it)",
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
@@ -91,12 +133,12 @@ write_build_info(with_cuda)
 
 ext_sources = sources["core"] + sources["python"]
 define_macros = []
-extra_compile_args = {"cxx": ["-O3", "-std=c++17"]}
+extra_compile_args = {"cxx": list(EXTRA_CXX_FLAGS)}
 if with_cuda:
     Extension = cpp_extension.CUDAExtension
     ext_sources += sources.get("cuda", []) + sources.get("kernel", [])
     define_macros.append(("FASTVAE_WITH_CUDA", None))
-    extra_compile_args["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math"]
+    extra_compile_args["nvcc"] = ["-O3", "--use_fast_math"]
 else:
     Extension = cpp_extension.CppExtension
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: environment, build, pytest (CPU + Triton interpreter),
-# the C++ unit tests (CMake + ctest), and the nvcc compile check of the CUDA kernels.
+# the C++ unit tests (CMake + ctest), the nvcc compile check of the CUDA kernels, and the CUDA build of
+# fastvae._C against a CUDA torch (scripts/check_cuda_build.sh; FASTVAE_SKIP_CUDA_BUILD=1 leaves it out).
 # Extra arguments go to pytest (for example: bash scripts/test.sh -k kl -x).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -15,6 +16,10 @@ ctest --test-dir build/cmake --output-on-failure
 
 echo "[fastvae] CUDA compile check"
 bash scripts/check_cuda_compile.sh
+
+echo "[fastvae] CUDA build check (CUDA torch from the index, FASTVAE_CUDA=1, every op registered for CUDA)"
+if [ "${FASTVAE_SKIP_CUDA_BUILD:-0}" = 1 ]; then echo "[cuda build] skipped: FASTVAE_SKIP_CUDA_BUILD=1"
+else (unset VIRTUAL_ENV; bash scripts/check_cuda_build.sh); fi
 
 echo "[fastvae] pytest"
 python -m fastvae.info
