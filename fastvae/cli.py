@@ -439,3 +439,20 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"fastvae {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def run() -> None:
+    """The `fastvae` command and `python -m fastvae`: main(), then leave with its exit code."""
+    code = main()
+    from .training import distributed
+
+    if distributed.launched_by_torchrun():
+        # A torchrun worker has left its process group and closed every file it wrote (distributed.shutdown
+        # ran in _cmd_train). It leaves without the interpreter's teardown: once in CI a worker that had finished
+        # its work aborted there (SIGABRT, "terminate called without an active exception", from native threads
+        # torn down at exit), and torchrun then failed the whole job.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+

@@ -13,7 +13,10 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+# ../shared beside the repository; FASTVAE_SHARED names it for a copy of the tree elsewhere
+# (scripts/test_torch.sh runs the suite from build/, where ../shared is not beside it).
+SHARED = os.environ.get("FASTVAE_SHARED") or os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+SHARED_DATA = os.path.join(SHARED, "data")
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +39,7 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def shared_data():
-    """Path of ../shared/data (real corpora beside the repository); skips when absent."""
+    """Path of ../shared/data (real corpora beside the repository, or $FASTVAE_SHARED/data); skips when absent."""
     path = os.path.abspath(SHARED_DATA)
     if not os.path.isdir(path):
         pytest.skip("../shared/data is not present beside the repository")

@@ -12,12 +12,13 @@ import torch
 BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks")
 sys.path.insert(0, os.path.abspath(BENCH))
 
+import conftest  # noqa: E402  (tests/ is on sys.path, as for helpers)
 import floor  # noqa: E402
 import render  # noqa: E402
 import reproduce  # noqa: E402
 import run_all  # noqa: E402
 
-RECIPES_MD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "docs", "recipes.md")
+RECIPES_MD = os.path.join(conftest.SHARED, "docs", "recipes.md")
 
 
 # ----------------------------------------------------------------------------- floor.py

@@ -312,6 +312,7 @@ def test_torchrun_cli_two_ranks_rank0_writes(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"  # a worker that crashes natively prints its Python stacks
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "fastvae", "train", "--data", str(data), "--config", "tiny", "--recipe", "aggressive",
                "--max-inner-steps", "4", "--epochs", "1", "--batch-size", "16", "--iw-samples", "2",
