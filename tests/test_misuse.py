@@ -14,7 +14,7 @@ import torch
 
 from fastvae.cli import main
 from fastvae.training import Trainer
-from fastvae.training.checkpoint import load_model, read_checkpoint
+from fastvae.training.checkpoint import load_model, read_checkpoint, seal
 
 FAST = dict(config="tiny", progress=False, verbose=False, iw_samples=2, eval_batch_size=64, batch_size=16)
 
@@ -48,9 +48,10 @@ def _error(capsys, args) -> str:
 
 
 def _edited_checkpoint(src, dst, edit):
-    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    """A checkpoint edited on purpose, then re-sealed (its tensor digest matches), for the checks after it."""
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
     edit(ckpt)
-    torch.save(ckpt, dst)
+    torch.save(seal(ckpt), dst)
     return str(dst)
 
 

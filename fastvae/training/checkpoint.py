@@ -9,17 +9,26 @@ A checkpoint is one `torch.save` dict:
   train_config (the full options).
 Writes go to a temporary file in the same folder, are flushed and fsync'ed, then renamed over
 the target (and the folder fsync'ed), so a crash never leaves a half-written checkpoint.
+
+Safe to load from anyone: `read_checkpoint` unpickles with `torch.load(weights_only=True)`, which
+builds only tensors and plain Python values and refuses every other global, so a file cannot run
+code. Format 2 holds nothing else (the numpy RNG state is stored as a tensor and plain values),
+plus `tensor_sha256`, a digest of every tensor, checked on load. Older formats are migrated
+here, keyed on `format_version` (`_MIGRATIONS`), so the rest of fastvae sees format 2 only.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import random
 import tempfile
 
 import numpy as np
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+DIGEST_KEY = "tensor_sha256"
 
 
 def atomic_torch_save(obj, path: str) -> None:
@@ -46,8 +55,53 @@ def atomic_torch_save(obj, path: str) -> None:
         pass
 
 
+def write_checkpoint(ckpt: dict, path: str) -> None:
+    """Seals `ckpt` with the digest of its tensors and writes it atomically."""
+    atomic_torch_save(seal(ckpt), path)
+
+
+def seal(ckpt: dict) -> dict:
+    """`ckpt` with `tensor_sha256` set to the digest of its tensors (in place; returned for chaining)."""
+    ckpt.pop(DIGEST_KEY, None)
+    ckpt[DIGEST_KEY] = tensor_digest(ckpt)
+    return ckpt
+
+
+def tensor_digest(obj) -> str:
+    """SHA-256 over every tensor in a nest of dicts, lists and tuples: where it sits, dtype, shape, bytes."""
+    digest = hashlib.sha256()
+
+    def visit(node, where: str) -> None:
+        if isinstance(node, torch.Tensor):
+            flat = node.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{where}|{flat.dtype}|{tuple(node.shape)}|".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        elif isinstance(node, dict):
+            for key in sorted(node, key=repr):
+                if not (where == "" and key == DIGEST_KEY):
+                    visit(node[key], f"{where}/{key!r}")
+        elif isinstance(node, (list, tuple)):
+            for i, item in enumerate(node):
+                visit(item, f"{where}[{i}]")
+
+    visit(obj, "")
+    return digest.hexdigest()
+
+
+def _numpy_rng_state() -> dict:
+    """numpy's global RNG state as a tensor and plain values (no numpy objects: weights_only loads it)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"bit_generator": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _set_numpy_rng_state(state: dict) -> None:
+    np.random.set_state((state["bit_generator"], state["keys"].numpy().astype(np.uint32), state["pos"],
+                         state["has_gauss"], state["cached_gaussian"]))
+
+
 def capture_rng_state(**generators) -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": _numpy_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     for name, gen in generators.items():
@@ -58,27 +112,89 @@ def capture_rng_state(**generators) -> dict:
 def restore_rng_state(state: dict, **generators) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    _set_numpy_rng_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     for name, gen in generators.items():
         gen.set_state(state[name])
 
 
+def _legacy_numpy_globals() -> list:
+    """What format 1 pickled for numpy's RNG state: array reconstruction only (builds arrays, runs nothing)."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def _safe_load(path: str):
+    """torch.load that can only build tensors and plain values (plus format 1's numpy RNG arrays)."""
+    allowed = _legacy_numpy_globals()
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:  # torch 2.4: the allow-list is process-wide only
+        torch.serialization.add_safe_globals(allowed)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    with safe_globals(allowed):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_checkpoint(path: str) -> dict:
-    """Loads a checkpoint dict with clear errors for a missing, foreign or newer-format file."""
+    """Loads a checkpoint dict, safely (no code in the file can run), migrated to the current format.
+
+    Clear errors for a missing, foreign, unsafe, corrupted (digest mismatch) or newer-format file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = _safe_load(path)
+    except pickle.UnpicklingError as exc:
+        message = " ".join(str(exc).split())
+        if "weights_only" in message or "global" in message.lower():
+            raise ValueError(
+                f"refusing to load {path!r}: it holds Python objects that a fastvae checkpoint never contains, and "
+                f"unpickling them could run code (fastvae loads checkpoints with torch.load(weights_only=True)). "
+                f"torch said: {message[:300]}") from exc
+        raise ValueError(f"cannot read checkpoint {path!r}: {message[:300]}") from exc
     except Exception as exc:  # torch raises several types for a corrupt/foreign file
         raise ValueError(f"cannot read checkpoint {path!r}: {exc}") from exc
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path!r} is not a fastvae checkpoint (no format_version/model entries)")
-    if ckpt["format_version"] > FORMAT_VERSION:
-        raise ValueError(f"checkpoint {path!r} has format version {ckpt['format_version']}, newer than this "
+    version = ckpt["format_version"]
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"{path!r} has format version {version!r}: not a fastvae checkpoint")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"checkpoint {path!r} has format version {version}, newer than this "
                          f"fastvae understands ({FORMAT_VERSION}); upgrade fastvae")
+    if version >= 2:
+        expected = ckpt.get(DIGEST_KEY)
+        if expected is None:
+            raise ValueError(f"checkpoint {path!r} (format {version}) has no {DIGEST_KEY}: it was not written "
+                             f"by fastvae, or was edited")
+        if tensor_digest(ckpt) != expected:
+            raise ValueError(f"checkpoint {path!r} is corrupted: its tensors do not match the digest stored when "
+                             f"it was written ({DIGEST_KEY}); the file was damaged or edited")
+    while ckpt["format_version"] < FORMAT_VERSION:
+        _MIGRATIONS[ckpt["format_version"]](ckpt)
     return ckpt
+
+
+def _migrate_1_to_2(ckpt: dict) -> None:
+    """Format 1: numpy's RNG state as numpy's own tuple; the aggressive policy's epoch-start counter on the
+    trainer; no digest."""
+    rng = ckpt.get("rng")
+    if rng is not None and isinstance(rng.get("numpy"), tuple):
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        rng["numpy"] = {"bit_generator": name, "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
+                        "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    state = ckpt.get("trainer")
+    if state is not None and "inner_steps_at_epoch_start" in state:
+        policy = dict(state.get("policy") or {})
+        policy.setdefault("epoch_start_inner_steps", state.pop("inner_steps_at_epoch_start"))
+        state["policy"] = policy
+    ckpt["format_version"] = 2
+
+
+_MIGRATIONS = {1: _migrate_1_to_2}
 
 
 def load_model(path: str, device: str | torch.device = "cpu"):

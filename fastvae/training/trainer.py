@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import __version__
-from .checkpoint import FORMAT_VERSION, atomic_torch_save, capture_rng_state, read_checkpoint, restore_rng_state
+from .checkpoint import FORMAT_VERSION, capture_rng_state, read_checkpoint, restore_rng_state, write_checkpoint
 from .distributed import (SINGLE, DistContext, all_gather_object, allreduce_gradients, broadcast_parameters,
                           distributed_evaluate, global_noise, main_reads, shard_batch)
 from .optim import (DEFAULT_LR, OPTIMIZERS, PlateauDecay, clip_grad_norm, make_optimizer,
@@ -509,7 +509,7 @@ class Trainer:
         rank_rng = all_gather_object(torch.get_rng_state(), self.dist) if self.dist.enabled else None
         path = self._path(name)
         if path is not None:
-            atomic_torch_save(self.checkpoint_dict(rank_rng=rank_rng), path)
+            write_checkpoint(self.checkpoint_dict(rank_rng=rank_rng), path)
 
     def _log_record(self, record: dict) -> None:
         self.history.append(record)
@@ -778,10 +778,7 @@ class Trainer:
         self.plateau = self._new_plateau()
         self.plateau.load_state_dict(state["plateau"])
         self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
-        policy_state = dict(state["policy"])
-        if "inner_steps_at_epoch_start" in state:  # format 1 kept the policy's epoch start on the trainer
-            policy_state.setdefault("epoch_start_inner_steps", state["inner_steps_at_epoch_start"])
-        self.phase.policy.load_state_dict(policy_state)
+        self.phase.policy.load_state_dict(dict(state["policy"]))
         self.history = list(state["history"])
         self.stopped_reason = state.get("stopped_reason")
         self._new_optimizers(self.plateau.lr)
