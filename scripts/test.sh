@@ -1,14 +1,30 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: environment, build, pytest (CPU + Triton interpreter),
 # the C++ unit tests (CMake + ctest), the nvcc compile check of the CUDA kernels, and the CUDA build of
-# fastvae._C against a CUDA torch (scripts/check_cuda_build.sh; FASTVAE_SKIP_CUDA_BUILD=1 leaves it out).
+# fastvae._C against a CUDA torch (scripts/check_cuda_build.sh; FASTVAE_SKIP_CUDA_BUILD=1 leaves it out), the
+# sdist built and installed as a user gets it (scripts/check_sdist.sh; FASTVAE_SKIP_SDIST=1), and all of this
+# again against a second torch (scripts/test_torch.sh, the newest on the index; FASTVAE_SKIP_SECOND_TORCH=1).
 # Extra arguments go to pytest (for example: bash scripts/test.sh -k kl -x).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 mkdir -p build
 echo "[fastvae] C++ unit tests (CMake + ctest)"
-cmake -S . -B build/cmake -G Ninja -DCMAKE_BUILD_TYPE=Release \
+# A CUDA build of torch makes its CMake config look for the CUDA toolkit: hand it the one setup.py finds.
+cuda_args=()
+if python -c 'import sys, torch; sys.exit(0 if torch.version.cuda else 1)' 2>/dev/null; then
+  toolkit="$(python -c 'import sys; sys.path.insert(0, "buildtools"); import cuda_toolkit as t
+try: print(t.find_cuda_home()[0])
+except t.CudaToolkitNotFound: pass')"
+  [ -z "$toolkit" ] || cuda_args=(-DCUDA_TOOLKIT_ROOT_DIR="$toolkit" -DCUDAToolkit_ROOT="$toolkit")
+  # nvrtc: the toolkit's, else the one torch imports (the nvidia-* runtime wheels)
+  nvrtc="$(python -c 'import glob, os, sys, torch
+site = os.path.dirname(os.path.dirname(torch.__file__))
+found = sorted(glob.glob(os.path.join(sys.argv[1], "lib64", "libnvrtc.so*")) + glob.glob(os.path.join(site, "nvidia", "*", "lib", "libnvrtc.so*")))
+print(found[0] if found else "")' "${toolkit:-/nonexistent}")"
+  [ -z "$nvrtc" ] || cuda_args+=(-DCUDA_nvrtc_LIBRARY="$nvrtc")
+fi
+cmake -S . -B build/cmake -G Ninja -DCMAKE_BUILD_TYPE=Release "${cuda_args[@]}" \
   -DCMAKE_PREFIX_PATH="$(python -c 'import torch; print(torch.utils.cmake_prefix_path)')" > build/cmake-configure.log 2>&1 \
   || { cat build/cmake-configure.log; exit 1; }
 cmake --build build/cmake -j "$(nproc)"
@@ -24,3 +40,11 @@ else (unset VIRTUAL_ENV; bash scripts/check_cuda_build.sh); fi
 echo "[fastvae] pytest"
 python -m fastvae.info
 python -m pytest -q "$@"
+
+echo "[fastvae] sdist check (sdist -> wheel with --no-build-isolation -> a fresh environment: import, info, training)"
+if [ "${FASTVAE_SKIP_SDIST:-0}" = 1 ]; then echo "[sdist] skipped: FASTVAE_SKIP_SDIST=1"
+else (unset VIRTUAL_ENV; bash scripts/check_sdist.sh); fi
+
+echo "[fastvae] the suite against a second torch (${FASTVAE_SECOND_TORCH:-torch==2.14.1}, from a copy of the checkout)"
+if [ "${FASTVAE_SKIP_SECOND_TORCH:-0}" = 1 ]; then echo "[torch] skipped: FASTVAE_SKIP_SECOND_TORCH=1"
+else (unset VIRTUAL_ENV; bash scripts/test_torch.sh "${FASTVAE_SECOND_TORCH:-torch==2.14.1}" "$@"); fi
