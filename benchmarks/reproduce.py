@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute precision of every recipe (fastvae.precision; default fp32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default runs/reproduce-<config>-<budget>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the recipes' runs already in --out (otherwise such a folder is refused)")
     p.add_argument("--table", default=None, help="also write the markdown table to this path")
     p.add_argument("--progress", action="store_true", help="show the trainer's progress bars")
     p.add_argument("--threads", type=_positive_int, default=None,
@@ -412,7 +414,8 @@ def run_recipe(recipe: str, corpus, args, budget: Budget, out: str, corpus_info:
     trainer = Trainer(None, corpus, recipe=recipe, out_dir=os.path.join(out, recipe), config=args.config,
                       epochs=epochs, iw_samples=budget.iw_samples, device=args.device, seed=args.seed,
                       precision=getattr(args, "precision", "fp32"),
-                      progress=args.progress, corpus_info=corpus_info, recipe_options=own_options, **extra)
+                      progress=args.progress, corpus_info=corpus_info, recipe_options=own_options,
+                      overwrite=getattr(args, "overwrite", False), **extra)
     try:
         test = trainer.fit()
     except KeyboardInterrupt:
@@ -607,6 +610,8 @@ def child_argv(args, recipe: str, out: str, threads: int) -> list[str]:
     argv = [sys.executable, os.path.abspath(__file__), "--recipe", recipe, "--out", out, "--threads", str(threads),
             "--config", args.config, "--budget", args.budget, "--published", args.published, "--device", args.device,
             "--seed", str(args.seed), "--precision", getattr(args, "precision", "fp32")]
+    if getattr(args, "overwrite", False):
+        argv.append("--overwrite")
     if args.data is not None:
         argv += ["--data", os.path.abspath(args.data)]
     for flag in ("epochs", "max_train", "max_eval", "iw_samples", "max_vocab", "warm_up", "pretrain_epochs",

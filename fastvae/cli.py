@@ -73,6 +73,7 @@ def _load_training_corpus(args):
     return BUILTIN_CORPORA[name](), {"builtin": name}, True
 
 
+_CORPUS_FLAGS = ["data", "train", "valid", "test", "corpus", "max_vocab", "min_count", "max_len"]
 _RECIPE_FLAGS = ["kl_start", "warm_up", "beta", "variant", "cycles", "ratio", "ramp", "cycle_epochs", "lr_restart",
                  "fb_mode", "target_kl", "aggressive", "max_inner_steps", "inner_window", "aggressive_epochs",
                  "pretrain_epochs"]
@@ -121,6 +122,11 @@ def _train(args, ctx) -> int:
     if args.resume:
         if any(getattr(args, f) is not None for f in _RECIPE_FLAGS + _TRAIN_FLAGS) or args.recipe or args.config:
             raise ValueError("--resume continues a run with its saved options; give no other training options")
+        given = [f"--{f.replace('_', '-')}" for f in _CORPUS_FLAGS if getattr(args, f) is not None]
+        given += ["--out"] * (args.out is not None) + ["--overwrite"] * args.overwrite
+        if given:
+            raise ValueError(f"--resume continues a run in its own directory on its own data; {', '.join(given)} "
+                             f"would be ignored: leave {'it' if len(given) == 1 else 'them'} out")
         last = os.path.join(args.resume, "last.pt") if os.path.isdir(args.resume) else args.resume
         saved = main_reads(lambda: read_checkpoint(last), ctx)
         if "trainer" not in saved or "train_config" not in saved:
@@ -157,7 +163,7 @@ def _train(args, ctx) -> int:
         out = broadcast_object(out, ctx)  # one run directory, named by rank 0's clock
     trainer = Trainer(None, corpus, recipe=recipe, out_dir=out, config=config, recipe_options=recipe_options,
                       corpus_info=corpus_info, progress=not args.no_progress, verbose=not args.json,
-                      distributed=ctx, **train_options)
+                      distributed=ctx, overwrite=args.overwrite, **train_options)
     test = trainer.fit(resume=args.resume)
     if not ctx.is_main:  # rank 0 reports
         return 0
@@ -362,7 +368,11 @@ def _add_train_parser(sub):
                    help="decay-on-plateau with best-checkpoint reload (default on; off for cyclical's ptb-script "
                         "variant, whose schedule is the cosine restart)")
     g = p.add_argument_group("run")
-    g.add_argument("--out", help="run directory (default runs/<recipe>-<time>)")
+    g.add_argument("--out", help="run directory (default runs/<recipe>-<time>); one that already holds a run is "
+                                 "refused unless --overwrite")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (deletes fastvae's own files there: checkpoints, config.json, "
+                        "metrics.jsonl, training.png)")
     g.add_argument("--resume", help="continue the run in this directory (or last.pt) exactly where it stopped")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="cpu or cuda")

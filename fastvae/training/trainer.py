@@ -31,6 +31,7 @@ from .distributed import (SINGLE, DistContext, all_gather_object, allreduce_grad
 from .optim import (DEFAULT_LR, OPTIMIZERS, PlateauDecay, clip_grad_norm, make_optimizer,
                     sparse_embedding_gradients_apply)
 from .recipes import RECIPE_OPTIONS, Recipe, build_recipe
+from .run_dir import open_run_directory
 from .schedules import CosineRestartLR
 from .step import StepResult
 from ..precision import PRECISIONS, resolve as resolve_precision
@@ -136,7 +137,9 @@ class Trainer:
     Trainer(model, corpus, *, recipe="vae", out_dir=None, config="tiny", epochs=..., <TrainConfig
     fields>, <recipe options>) ; `.fit()` returns the final test metrics. Options are checked:
     an unknown name, or a recipe option the chosen recipe does not take, is a ValueError.
-    `out_dir=None` writes nothing (the best model is kept in memory).
+    `out_dir=None` writes nothing (the best model is kept in memory). A run directory is locked while
+    `fit()` runs, and a fresh run refuses one that already holds a run unless `overwrite=True`
+    (which deletes fastvae's own files in it); see `fastvae.training.run_dir`.
     `distributed`: a `fastvae.training.distributed.DistContext` (from `init_distributed()` under
     torchrun): every rank runs this trainer on its rows of each global batch; gradients and step
     statistics are all-reduced, evaluation is sharded, only rank 0 writes and prints.
@@ -144,7 +147,7 @@ class Trainer:
 
     def __init__(self, model, corpus, *, recipe: str = "vae", out_dir: str | None = None,
                  recipe_options: dict | None = None, corpus_info: dict | None = None,
-                 distributed: DistContext | None = None, **options):
+                 distributed: DistContext | None = None, overwrite: bool = False, **options):
         recipe_options = dict(recipe_options or {})
         train_options = {}
         for key, value in options.items():
@@ -167,6 +170,7 @@ class Trainer:
         self.corpus = corpus
         self.corpus_info = corpus_info or {}
         self.out_dir = out_dir
+        self.overwrite = bool(overwrite)
         self.dist = distributed if distributed is not None else SINGLE
         if not isinstance(self.dist, DistContext):
             raise ValueError(f"distributed must be a DistContext (fastvae.training.distributed.init_distributed()), "
@@ -712,14 +716,24 @@ class Trainer:
         `resume`: a `last.pt` (or run directory) written by this trainer; training continues exactly
         where it stopped (same phase, epoch, batch position, optimiser, RNG and recipe state).
         """
-        if self.out_dir is not None and self.dist.is_main:
-            os.makedirs(self.out_dir, exist_ok=True)
+        lock = None
+        if self.out_dir is not None:
+            def open_run():  # rank 0 writes the run, so rank 0 holds its lock; every rank sees a refusal
+                nonlocal lock
+                lock = open_run_directory(self.out_dir, resume=resume is not None, overwrite=self.overwrite)
+
+            main_reads(open_run, self.dist)
+        try:
+            return self._fit(resume)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self, resume: str | None) -> dict:
         fresh = True
         if resume is not None:
             self._restore(resume)
             fresh = False
-        elif self._path("metrics.jsonl") is not None and os.path.exists(self._path("metrics.jsonl")):
-            os.unlink(self._path("metrics.jsonl"))
         self._write_config()
         if fresh:  # dropout: each rank its own stream (rank 0's is the single-process one)
             torch.manual_seed(_derive_seed(self.cfg.seed, 4) + self.dist.rank)
