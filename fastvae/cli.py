@@ -437,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -444,8 +448,18 @@ def main(argv=None) -> int:
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:
         # bad options or input: one clear line, no traceback
-        print(f"fastvae {args.command}: error: {exc}", file=sys.stderr)
+        print(f"fastvae {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except (RuntimeError, OSError) as exc:
+        from .training.trainer import TrainingDiverged
+
+        if isinstance(exc, TrainingDiverged):  # the run's numbers, not a bug: one line saying what was kept
+            print(f"fastvae {args.command}: training diverged: {_one_line(exc)}", file=sys.stderr)
+            return 3
+        if isinstance(exc, OSError):  # a full disk, a permission, a directory given as a file: it names it
+            print(f"fastvae {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print(f"fastvae {args.command}: interrupted", file=sys.stderr)
         return 130

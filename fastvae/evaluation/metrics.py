@@ -28,6 +28,19 @@ VAE_METRICS = ("rec", "kl", "elbo", "nll", "ppl", "mi", "mi_batch", "au", "probe
 LM_METRICS = ("nll", "ppl")
 
 
+
+def perplexity(total_nats: float, num_tokens: int) -> float:
+    """exp(nats per token); inf (not OverflowError) once that passes ~709 nats, as a diverged model's does."""
+    if num_tokens <= 0:
+        return math.nan
+    per_token = total_nats / num_tokens
+    if math.isnan(per_token):
+        return math.nan
+    try:
+        return math.exp(per_token)
+    except OverflowError:
+        return math.inf
+
 def _is_lm(model) -> bool:
     return hasattr(model, "nll") and not hasattr(model, "encode")
 
@@ -205,7 +218,7 @@ def evaluate(model, dataset: TextDataset, *, batch_size: int = 32, iw_samples: i
                 total += model.nll(batch.tokens, batch.lengths).double().sum()
         total = float(total)
         result["nll"] = total / len(dataset)
-        result["ppl"] = math.exp(total / result["num_tokens"])
+        result["ppl"] = perplexity(total, result["num_tokens"])
         return {k: v for k, v in result.items() if k in wanted or k.startswith("num_")}
 
     need_posterior = wanted & {"mi", "au", "probe_acc", "mi_batch"}
@@ -242,9 +255,9 @@ def evaluate(model, dataset: TextDataset, *, batch_size: int = 32, iw_samples: i
     result["elbo"] = (sums[0] + sums[1]) / n
     if "nll" in wanted:
         result["nll"] = sums[2] / n
-        result["ppl"] = math.exp(sums[2] / result["num_tokens"])
+        result["ppl"] = perplexity(sums[2], result["num_tokens"])
     else:
-        result["ppl"] = math.exp((sums[0] + sums[1]) / result["num_tokens"])
+        result["ppl"] = perplexity(sums[0] + sums[1], result["num_tokens"])
         result["ppl_from"] = "elbo"
     if "mi_batch" in wanted:
         result["mi_batch"] = sums[3] / n

@@ -200,8 +200,10 @@ _MIGRATIONS = {1: _migrate_1_to_2}
 def load_model(path: str, device: str | torch.device = "cpu"):
     """(model in eval mode, vocab, checkpoint dict) from a checkpoint written by the trainer."""
     from ..data import Vocab
+    from ..devices import resolve_device
     from ..models import ModelConfig, build_model
 
+    device = resolve_device(device)  # before reading: a device that is not there is the first thing to say
     ckpt = read_checkpoint(path)
     config = ModelConfig(**ckpt["model_config"])
     vocab = Vocab.from_dict(ckpt["vocab"])

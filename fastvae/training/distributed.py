@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import math
 import os
 from dataclasses import dataclass, field, fields, replace
 
@@ -470,6 +469,7 @@ def distributed_evaluate(model, dataset, ctx: DistContext, *, batch_size: int = 
     IW-NLL and the one-sample rec draw their noise per rank: the same estimator, other draws."""
     from .. import functional as F
     from ..evaluation import evaluate, linear_probe_accuracy, posterior_stats
+    from ..evaluation.metrics import perplexity
 
     if not ctx.enabled:
         return evaluate(model, dataset, batch_size=batch_size, iw_samples=iw_samples, metrics=metrics,
@@ -511,9 +511,9 @@ def distributed_evaluate(model, dataset, ctx: DistContext, *, batch_size: int = 
             result[key] = total[key] / max(n, 1)
     if "ppl" in wanted:
         if "nll" in local:
-            result["ppl"] = math.exp(total["nll"] / max(tokens, 1))
+            result["ppl"] = perplexity(total["nll"], tokens)
         else:
-            result["ppl"] = math.exp(total["elbo"] / max(tokens, 1))
+            result["ppl"] = perplexity(total["elbo"], tokens)
             result["ppl_from"] = "elbo"
 
     whole_set = [m for m in ("mi", "au", "probe_acc") if m in wanted]

@@ -34,13 +34,14 @@ from .recipes import RECIPE_OPTIONS, Recipe, build_recipe
 from .run_dir import open_run_directory
 from .schedules import CosineRestartLR
 from .step import StepResult
+from ..devices import resolve_device
 from ..precision import PRECISIONS, resolve as resolve_precision
 
 BATCH_MODES = ("bucket", "padded")
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the message names the step. The last good checkpoint is kept."""
+    """The loss or the parameters became NaN/inf; the message names the step and what was kept."""
 
 
 @dataclass
@@ -112,18 +113,6 @@ _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _ALL_RECIPE_OPTIONS = set().union(*RECIPE_OPTIONS.values())
 
 
-def _resolve_device(name) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {name!r}: expected cpu or cuda[:N]") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but this torch has no usable CUDA device; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {name!r}: expected cpu or cuda[:N]")
-    return device
-
-
 def _derive_seed(*parts: int) -> int:
     value = 0x9E3779B97F4A7C15
     for part in parts:
@@ -175,7 +164,7 @@ class Trainer:
         if not isinstance(self.dist, DistContext):
             raise ValueError(f"distributed must be a DistContext (fastvae.training.distributed.init_distributed()), "
                              f"got {type(distributed).__name__}")
-        self.device = _resolve_device(self.cfg.device)
+        self.device = resolve_device(self.cfg.device)
         if self.dist.enabled and self.device.type != self.dist.device.type:
             raise ValueError(f"device {self.cfg.device!r} differs from the distributed context's "
                              f"{self.dist.device}: give the same --device to every rank")
@@ -509,7 +498,7 @@ class Trainer:
         # every rank checks (the parameters are the same everywhere), so all stop together
         if not self._model_is_finite():
             raise TrainingDiverged(f"the model has non-finite parameters at step {self.global_step}; "
-                                   f"{name} was not written (the last good checkpoint is kept)")
+                                   f"{name} was not written. {self._what_was_kept()}")
         rank_rng = all_gather_object(torch.get_rng_state(), self.dist) if self.dist.enabled else None
         path = self._path(name)
         if path is not None:
@@ -581,9 +570,19 @@ class Trainer:
         if bad >= 0:
             raise TrainingDiverged(
                 f"non-finite training loss (NaN/inf) at step {bad} (phase {self.phase.name!r}, epoch "
-                f"{self.epoch + 1}); stopped. The last good checkpoint is kept"
-                + (f" in {self.out_dir}" if self.out_dir else "")
-                + "; try a lower learning rate, gradient clipping, or --precision fp32")
+                f"{self.epoch + 1}); stopped. {self._what_was_kept()}; try a lower learning rate, gradient "
+                f"clipping, or --precision fp32")
+
+    def _what_was_kept(self) -> str:
+        """What a run that stops now leaves behind (only finite checkpoints are ever written)."""
+        if self.out_dir is None:
+            return "Nothing was written (no run directory)"
+        kept = [name for name in ("last.pt", "best.pt", "best_pretrain.pt")
+                if os.path.exists(os.path.join(self.out_dir, name))]
+        if not kept:
+            return f"No checkpoint had been written yet: {self.out_dir} holds no model to resume from"
+        return (f"Kept in {self.out_dir}: {', '.join(kept)} from before the failure (resume with "
+                f"--resume {self.out_dir} after changing nothing, or start again with other options)")
 
     def _train_epoch(self):
         phase = self.phase
