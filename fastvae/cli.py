@@ -256,6 +256,12 @@ def _cmd_generate(args) -> int:
     if args.input:
         with open(args.input, encoding="utf-8") as handle:
             sentences += [line.strip() for line in handle if line.strip()]
+    given = bool(args.sentences or args.input)
+    if args.mode is None:
+        args.mode = "reconstruct" if given else "sample"
+    elif args.mode == "sample" and given:
+        raise ValueError("--mode sample draws sentences from the prior and takes no input: leave out "
+                         "--sentences/--input, or use --mode reconstruct")
     if not sentences and args.mode != "sample":
         name = ckpt.get("corpus", {}).get("builtin")
         if name is None:
@@ -419,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="reconstructions, prior samples or interpolations from a checkpoint")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--mode", choices=["reconstruct", "sample", "interpolate"], default="sample")
+    p.add_argument("--mode", choices=["reconstruct", "sample", "interpolate"],
+                   help="default: reconstruct when --sentences or --input is given, else sample (from the prior)")
     p.add_argument("--strategy", choices=["greedy", "sample", "beam"], default="greedy")
     p.add_argument("--sentences", nargs="+", help="input sentences (reconstruct; two for interpolate)")
     p.add_argument("--input", help="file of input sentences, one per line")

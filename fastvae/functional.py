@@ -103,6 +103,9 @@ def _check_free_bits(fn: str, target, mode) -> float:
     target = float(target)
     if not math.isfinite(target) or target < 0:
         raise ValueError(f"{fn}: target must be a finite number >= 0 (nats per sentence), got {target}")
+    if mode == "none" and target != 0:
+        raise ValueError(f"{fn}: target={target:g} with mode='none' would be ignored; give a free-bits mode "
+                         f"('batch' or 'dim') to use it, or leave the target at 0")
     return target
 
 

@@ -55,7 +55,7 @@ def middle_target(mu, logvar):
 @pytest.mark.parametrize("mode", F.FREE_BITS_MODES)
 def test_free_bits_value_and_gradient_follow_recipes(mode, backend_name):
     mu, logvar = posterior()
-    lam = middle_target(mu, logvar)
+    lam = middle_target(mu, logvar) if mode != "none" else 0.0  # mode none takes no target (it would be ignored)
     loss = F.free_bits_kl(mu, logvar, lam, mode)
     grads = torch.autograd.grad(3.0 * loss, (mu, logvar))
     expected = recipe_loss(mu, logvar, lam, mode)
@@ -150,12 +150,21 @@ def test_low_precision_reductions_come_back_in_float32(backend_name):
     assert F.mutual_information(mu, logvar).dtype == torch.float32
 
 
+def test_a_target_with_mode_none_is_refused_not_ignored():
+    mu, logvar = posterior(4, 3, grad=False)
+    for call in (lambda: F.free_bits_kl(mu, logvar, 5.0, "none"), lambda: F.sample_and_kl(mu, logvar, 1, 5.0)):
+        with pytest.raises(ValueError, match="would be ignored"):
+            call()
+    assert F.free_bits_kl(mu, logvar, 0.0, "none") == F.free_bits_kl(mu, logvar)
+
+
 def test_nan_propagates_never_silent_zero(backend_name):
     mu, logvar = posterior(5, 4, grad=False)
     logvar[1, 1] = float("nan")
     for mode in F.FREE_BITS_MODES:
-        assert torch.isnan(F.free_bits_kl(mu, logvar, 100.0, mode)), mode  # a huge target masks everything else
-        assert torch.isnan(F.sample_and_kl(mu, logvar, 1, 100.0, mode)[1]), mode
+        target = 100.0 if mode != "none" else 0.0  # a huge target masks everything else
+        assert torch.isnan(F.free_bits_kl(mu, logvar, target, mode)), mode
+        assert torch.isnan(F.sample_and_kl(mu, logvar, 1, target, mode)[1]), mode
     assert torch.isnan(F.reparameterize(mu, logvar)[1, 1])
     assert torch.isnan(F.gaussian_log_prob(mu, mu, logvar)[1])
     assert torch.isnan(F.mutual_information(mu, logvar, mu))

@@ -84,3 +84,14 @@ def test_generate_from_a_directory_and_a_missing_device_are_one_line(run, tmp_pa
                         ["generate", "--checkpoint", best, "--num", "2"]):
             err = _one_line(_cli(*command, "--device", "cuda"), 2)
             assert "cuda" in err.lower()
+
+
+def test_generate_uses_its_input_sentences_or_refuses_them(run, capsys):
+    best = os.path.join(run["out"], "best.pt")
+    assert main(["generate", "--checkpoint", best, "--sentences", "the cat sat", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["mode"] == "reconstruct" and report["results"][0]["input"] == "the cat sat"
+    assert main(["generate", "--checkpoint", best, "--mode", "sample", "--sentences", "the cat sat"]) == 2
+    assert "takes no input" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", best, "--num", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mode"] == "sample"
