@@ -71,6 +71,9 @@ DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 def _use_cuda_toolkit(finder):
     """Find the toolkit and hand it to torch's extension builder (its own guess breaks on nvcc wrappers)."""
     home, how = finder.find_cuda_home()
+    problem = finder.version_problem(finder.toolkit_version(home), torch.version.cuda)
+    if problem:
+        raise finder.CudaToolkitNotFound(f"{home}: {problem}")
     os.environ["CUDA_HOME"] = home
     cpp_extension.CUDA_HOME = home
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():

@@ -37,6 +37,27 @@ def toolkit_problem(path) -> "str | None":
     return None
 
 
+def toolkit_version(home, timeout: float = 60.0) -> "str | None":
+    """The toolkit's CUDA version ("13.0"), from `nvcc --version` ("release 13.0,"); None if it does not say."""
+    try:
+        proc = subprocess.run([str(Path(home) / "bin" / "nvcc"), "--version"], capture_output=True, text=True,
+                              timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"release (\d+)\.(\d+)", proc.stdout + proc.stderr)
+    return f"{match.group(1)}.{match.group(2)}" if match else None
+
+
+def version_problem(toolkit: "str | None", torch_cuda: str) -> "str | None":
+    """Why a toolkit of CUDA `toolkit` cannot build against a torch built with CUDA `torch_cuda`, or None.
+    Major versions must agree (torch's extension builder refuses otherwise); a minor difference is fine."""
+    if toolkit is None or toolkit.split(".")[0] == torch_cuda.split(".")[0]:
+        return None
+    return (f"the CUDA toolkit is {toolkit} but this torch was built with CUDA {torch_cuda}; their major "
+            f"versions must match: install the torch build for CUDA {toolkit.split('.')[0]}, or point CUDA_HOME "
+            f"at a CUDA {torch_cuda.split('.')[0]} toolkit")
+
+
 def nvcc_install_folder(nvcc: str, timeout: float = 60.0) -> "str | None":
     """The toolkit folder of an `nvcc` command, wrappers included: `nvcc --dryrun` prints `TOP=<folder>/bin/..`.
     Falls back to the folder above the command's real path (symlinks resolved) when the dry run gives nothing."""

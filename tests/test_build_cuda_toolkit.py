@@ -57,3 +57,17 @@ def test_symlinked_nvcc_and_default_location(tmp_path):
 def test_nothing_found_names_the_variable(tmp_path):
     with pytest.raises(cuda_toolkit.CudaToolkitNotFound, match="no CUDA toolkit found.*set CUDA_HOME"):
         cuda_toolkit.find_cuda_home({"PATH": str(tmp_path)}, default_locations=(str(tmp_path / "none"),))
+
+
+def test_the_toolkit_version_must_match_torchs_major_version(tmp_path):
+    home = fake_toolkit(tmp_path / "cuda-13.0")
+    nvcc = home / "bin" / "nvcc"
+    nvcc.write_text('#!/bin/sh\necho "Cuda compilation tools, release 13.0, V13.0.88"\n')
+    assert cuda_toolkit.toolkit_version(home) == "13.0"
+    assert cuda_toolkit.version_problem("13.0", "13.0") is None
+    assert cuda_toolkit.version_problem("13.0", "13.1") is None  # minor versions may differ
+    assert cuda_toolkit.version_problem(None, "12.4") is None  # an nvcc that does not say: torch checks later
+    problem = cuda_toolkit.version_problem("13.0", "12.4")
+    assert "13.0" in problem and "12.4" in problem and "CUDA_HOME" in problem
+    nvcc.write_text("#!/bin/sh\nexit 1\n")
+    assert cuda_toolkit.toolkit_version(home) is None
