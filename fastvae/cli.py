@@ -467,7 +467,11 @@ def main(argv=None) -> int:
             print(f"fastvae {args.command}: error: {_one_line(exc)}", file=sys.stderr)
             return 2
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", None)  # a TrainingInterrupted says what it kept
+        if signum is not None:
+            print(f"fastvae {args.command}: {_one_line(exc)}", file=sys.stderr)
+            return 128 + signum
         print(f"fastvae {args.command}: interrupted", file=sys.stderr)
         return 130
 

@@ -105,6 +105,43 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(data_dir, tmp_path):
         json.loads(resumed.stdout.strip().splitlines()[-1])["test"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_writes_last_pt_and_the_resume_is_bitwise_identical(data_dir, tmp_path, signum):
+    """No periodic checkpoints: what the signal's own last.pt keeps is all there is to resume from."""
+    full, stopped = str(tmp_path / "full"), str(tmp_path / "stopped")
+
+    def command(out):
+        argv = _train_cmd(data_dir, out)
+        i = argv.index("--checkpoint-every")
+        return argv[:i] + argv[i + 2:]
+
+    reference = subprocess.run(command(full), env=_env(), capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    proc = subprocess.Popen(command(stopped), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(stopped, "metrics.jsonl")
+    deadline = time.monotonic() + 240
+    while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):  # epoch 1 is done; 2 more to go
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert f"stopped by {signal.Signals(signum).name}" in err and "last.pt written" in err
+    assert f"--resume {stopped}" in err and "Traceback" not in err
+    state = read_checkpoint(os.path.join(stopped, "last.pt"))["trainer"]
+    assert 1 <= state["epoch"] < 3, state  # stopped in the middle of the run, after epoch 1
+
+    resumed = subprocess.run([sys.executable, "-m", "fastvae", "train", "--resume", stopped, "--no-progress",
+                              "--json", "--examples", "0"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_models(os.path.join(full, "last.pt"), os.path.join(stopped, "last.pt"))
+    _assert_same_models(os.path.join(full, "best.pt"), os.path.join(stopped, "best.pt"))
+    assert _records(full) == _records(stopped)
+    assert json.loads(reference.stdout.strip().splitlines()[-1])["test"] == \
+        json.loads(resumed.stdout.strip().splitlines()[-1])["test"]
+
+
 FAST = dict(config="tiny", progress=False, verbose=False, iw_samples=2, eval_batch_size=64, batch_size=16)
 
 

@@ -13,9 +13,9 @@ from .optim import PlateauDecay, make_optimizer
 from .policies import AggressiveUpdate, JointUpdate
 from .recipes import RECIPE_NAMES, RECIPE_OPTIONS, Phase, Recipe, build_recipe, resolve_options
 from .schedules import ConstantSchedule, CosineRestartLR, CyclicalSchedule, LinearAnnealing
-from .trainer import TrainConfig, Trainer, TrainingDiverged, format_metrics_table
+from .trainer import TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted, format_metrics_table
 
 __all__ = ["FREE_BITS_MODES", "KLObjective", "PlateauDecay", "make_optimizer", "AggressiveUpdate", "JointUpdate",
            "RECIPE_NAMES", "RECIPE_OPTIONS", "Phase", "Recipe", "build_recipe", "resolve_options",
            "ConstantSchedule", "CosineRestartLR", "CyclicalSchedule", "LinearAnnealing", "TrainConfig", "Trainer",
-           "TrainingDiverged", "format_metrics_table"]
+           "TrainingDiverged", "TrainingInterrupted", "format_metrics_table"]

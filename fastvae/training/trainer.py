@@ -18,7 +18,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -42,6 +44,14 @@ BATCH_MODES = ("bucket", "padded")
 
 class TrainingDiverged(RuntimeError):
     """The loss or the parameters became NaN/inf; the message names the step and what was kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run after a finished step; `last.pt` then holds that step (resumable)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -160,6 +170,7 @@ class Trainer:
         self.corpus_info = corpus_info or {}
         self.out_dir = out_dir
         self.overwrite = bool(overwrite)
+        self._stop_signal = None  # set by SIGINT/SIGTERM while fit() runs
         self.dist = distributed if distributed is not None else SINGLE
         if not isinstance(self.dist, DistContext):
             raise ValueError(f"distributed must be a DistContext (fastvae.training.distributed.init_distributed()), "
@@ -581,8 +592,7 @@ class Trainer:
                 if os.path.exists(os.path.join(self.out_dir, name))]
         if not kept:
             return f"No checkpoint had been written yet: {self.out_dir} holds no model to resume from"
-        return (f"Kept in {self.out_dir}: {', '.join(kept)} from before the failure (resume with "
-                f"--resume {self.out_dir} after changing nothing, or start again with other options)")
+        return (f"The last good checkpoints are kept in {self.out_dir}: {', '.join(kept)}, from before the failure")
 
     def _train_epoch(self):
         phase = self.phase
@@ -631,6 +641,8 @@ class Trainer:
                         and self.position < total:
                     self._read_bad_step()
                     self.save_checkpoint("last.pt")
+                if self._stop_signal is not None and self.position < total:
+                    self._stop_for_signal()
         finally:
             if bar is not None:
                 bar.close()
@@ -723,10 +735,47 @@ class Trainer:
 
             main_reads(open_run, self.dist)
         try:
-            return self._fit(resume)
+            with self._stopping_on_signals():
+                return self._fit(resume)
         finally:
             if lock is not None:
                 lock.release()
+
+    @contextlib.contextmanager
+    def _stopping_on_signals(self):
+        """SIGINT/SIGTERM: finish the step, write last.pt, raise TrainingInterrupted. A second SIGINT stops at
+        once. Only a single process in its main thread: ranks of a torchrun job would have to agree on the
+        step first (there, torchrun's SIGTERM ends the job and the last periodic last.pt is what is kept)."""
+        self._stop_signal = None
+        if self.dist.enabled or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame):
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # asked twice: do not wait for the step
+            self._stop_signal = signum
+            self._print(f"\n{signal.Signals(signum).name}: stopping after this step"
+                        + (" and writing last.pt" if self.out_dir else ""))
+
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stop_for_signal(self) -> None:
+        """Called between steps when a stop signal came: the step is complete, so last.pt resumes exactly."""
+        signum = self._stop_signal
+        self._read_bad_step()
+        where = f"step {self.global_step} (phase {self.phase.name!r}, epoch {self.epoch + 1}, batch {self.position})"
+        if self.out_dir is None:
+            kept = "nothing was written (no run directory)"
+        else:
+            self.save_checkpoint("last.pt")
+            kept = f"last.pt written; continue with: fastvae train --resume {self.out_dir}"
+        raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} after {where}; {kept}", signum)
 
     def _fit(self, resume: str | None) -> dict:
         fresh = True
@@ -751,6 +800,8 @@ class Trainer:
             while not stop:
                 train, elapsed, words, steps_done = self._train_epoch()
                 stop = self._end_epoch(train, elapsed, words, steps_done)
+                if self._stop_signal is not None and not stop:  # came during the epoch's last step or its end
+                    self._stop_for_signal()
             if self._best_state is not None:
                 self.model.load_state_dict(self._best_state)
             if self.phase_index + 1 < len(self.recipe.phases):
