@@ -64,6 +64,9 @@ def _load_training_corpus(args):
             info = {"train": os.path.abspath(args.train), "valid": os.path.abspath(args.valid),
                     "test": os.path.abspath(args.test)}
         info.update(vocab_opts)
+        from .data.fingerprint import corpus_fingerprints
+
+        info["fingerprints"] = corpus_fingerprints(info)  # checked when the run is resumed
         return corpus, info, False
     name = args.corpus or "grammar"
     if name not in BUILTIN_CORPORA:
@@ -145,6 +148,8 @@ def _train(args, ctx) -> int:
         corpus, corpus_info, builtin = _load_training_corpus(args)
         out = os.path.dirname(os.path.abspath(args.resume)) if not os.path.isdir(args.resume) else args.resume
     else:
+        if args.allow_changed_data:
+            raise ValueError("--allow-changed-data goes with --resume (a new run reads its data as it is)")
         corpus, corpus_info, builtin = _load_training_corpus(args)
         # on a built-in corpus the defaults make a short demo that does not collapse: pretrain-fb with
         # Adam (the tiny model learns within a few epochs); on user data, the references' defaults
@@ -163,7 +168,8 @@ def _train(args, ctx) -> int:
         out = broadcast_object(out, ctx)  # one run directory, named by rank 0's clock
     trainer = Trainer(None, corpus, recipe=recipe, out_dir=out, config=config, recipe_options=recipe_options,
                       corpus_info=corpus_info, progress=not args.no_progress, verbose=not args.json,
-                      distributed=ctx, overwrite=args.overwrite, **train_options)
+                      distributed=ctx, overwrite=args.overwrite, allow_changed_data=args.allow_changed_data,
+                      **train_options)
     test = trainer.fit(resume=args.resume)
     if not ctx.is_main:  # rank 0 reports
         return 0
@@ -376,6 +382,9 @@ def _add_train_parser(sub):
     g = p.add_argument_group("run")
     g.add_argument("--out", help="run directory (default runs/<recipe>-<time>); one that already holds a run is "
                                  "refused unless --overwrite")
+    g.add_argument("--allow-changed-data", action="store_true",
+                   help="with --resume: continue even though the run's data files changed since it started "
+                        "(refused otherwise; the vocabulary must still be the same)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the run in --out (deletes fastvae's own files there: checkpoints, config.json, "
                         "metrics.jsonl, training.png)")

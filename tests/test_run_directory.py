@@ -135,3 +135,21 @@ def test_resume_refuses_options_it_would_ignore(data_dir, tmp_path):
     for extra in (["--data", data_dir], ["--out", str(tmp_path / "elsewhere")], ["--overwrite"]):
         err = _user_error(_fastvae("train", "--resume", out, *extra, "--no-progress"))
         assert extra[0] in err and "would be ignored" in err
+
+
+def test_resume_refuses_data_that_changed_unless_told(data_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    out = str(tmp_path / "run")
+    assert _fastvae("train", "--data", str(data), "--out", out, *FAST).returncode == 0
+    lines = (data / "train.txt").read_text().splitlines(keepends=True)
+    (data / "train.txt").write_text("".join(reversed(lines)))  # same words, same vocabulary, another order
+    err = _user_error(_fastvae("train", "--resume", out, "--no-progress"))
+    assert "changed since the run started" in err and str(data / "train.txt") in err
+    assert "same size" in err and "--allow-changed-data" in err
+    proc = _fastvae("train", "--resume", out, "--allow-changed-data", "--no-progress", "--json", "--examples", "0")
+    assert proc.returncode == 0, proc.stderr
+    err = _user_error(_fastvae("train", "--data", str(data), "--allow-changed-data", *FAST))
+    assert "goes with --resume" in err

@@ -36,6 +36,7 @@ from .recipes import RECIPE_OPTIONS, Recipe, build_recipe
 from .run_dir import open_run_directory
 from .schedules import CosineRestartLR
 from .step import StepResult
+from ..data.fingerprint import describe_changes
 from ..devices import resolve_device
 from ..precision import PRECISIONS, resolve as resolve_precision
 
@@ -138,7 +139,8 @@ class Trainer:
     an unknown name, or a recipe option the chosen recipe does not take, is a ValueError.
     `out_dir=None` writes nothing (the best model is kept in memory). A run directory is locked while
     `fit()` runs, and a fresh run refuses one that already holds a run unless `overwrite=True`
-    (which deletes fastvae's own files in it); see `fastvae.training.run_dir`.
+    (which deletes fastvae's own files in it); see `fastvae.training.run_dir`. A resume refuses data
+    files whose fingerprints (`corpus_info["fingerprints"]`) changed unless `allow_changed_data=True`.
     `distributed`: a `fastvae.training.distributed.DistContext` (from `init_distributed()` under
     torchrun): every rank runs this trainer on its rows of each global batch; gradients and step
     statistics are all-reduced, evaluation is sharded, only rank 0 writes and prints.
@@ -146,7 +148,8 @@ class Trainer:
 
     def __init__(self, model, corpus, *, recipe: str = "vae", out_dir: str | None = None,
                  recipe_options: dict | None = None, corpus_info: dict | None = None,
-                 distributed: DistContext | None = None, overwrite: bool = False, **options):
+                 distributed: DistContext | None = None, overwrite: bool = False, allow_changed_data: bool = False,
+                 **options):
         recipe_options = dict(recipe_options or {})
         train_options = {}
         for key, value in options.items():
@@ -170,6 +173,7 @@ class Trainer:
         self.corpus_info = corpus_info or {}
         self.out_dir = out_dir
         self.overwrite = bool(overwrite)
+        self.allow_changed_data = bool(allow_changed_data)
         self._stop_signal = None  # set by SIGINT/SIGTERM while fit() runs
         self.dist = distributed if distributed is not None else SINGLE
         if not isinstance(self.dist, DistContext):
@@ -827,6 +831,14 @@ class Trainer:
             raise ValueError(f"{path!r} holds a model only (no training state); resume needs a last.pt")
         if ckpt["vocab"] != self.corpus.vocab.to_dict():
             raise ValueError(f"the vocabulary of {path!r} differs from the corpus's: resume with the same data")
+        saved_files = (ckpt.get("corpus") or {}).get("fingerprints")
+        current_files = self.corpus_info.get("fingerprints")
+        if saved_files and current_files is not None:
+            changes = describe_changes(saved_files, current_files)
+            if changes and not self.allow_changed_data:
+                raise ValueError(f"the data of {path!r} changed since the run started: {'; '.join(changes)}. "
+                                 f"Resuming would continue mid-epoch on other sentences: restore the files, or "
+                                 f"continue anyway with --allow-changed-data")
         if ckpt["kind"] != self.recipe.model_kind or ckpt["recipe"] != self.recipe.name:
             raise ValueError(f"{path!r} was written by recipe {ckpt['recipe']!r} ({ckpt['kind']}); "
                              f"this trainer runs {self.recipe.name!r}")
