@@ -8,27 +8,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
-mkdir -p build
 echo "[fastvae] C++ unit tests (CMake + ctest)"
-# A CUDA build of torch makes its CMake config look for the CUDA toolkit: hand it the one setup.py finds.
-cuda_args=()
-if python -c 'import sys, torch; sys.exit(0 if torch.version.cuda else 1)' 2>/dev/null; then
-  toolkit="$(python -c 'import sys; sys.path.insert(0, "buildtools"); import cuda_toolkit as t
-try: print(t.find_cuda_home()[0])
-except t.CudaToolkitNotFound: pass')"
-  [ -z "$toolkit" ] || cuda_args=(-DCUDA_TOOLKIT_ROOT_DIR="$toolkit" -DCUDAToolkit_ROOT="$toolkit")
-  # nvrtc: the toolkit's, else the one torch imports (the nvidia-* runtime wheels)
-  nvrtc="$(python -c 'import glob, os, sys, torch
-site = os.path.dirname(os.path.dirname(torch.__file__))
-found = sorted(glob.glob(os.path.join(sys.argv[1], "lib64", "libnvrtc.so*")) + glob.glob(os.path.join(site, "nvidia", "*", "lib", "libnvrtc.so*")))
-print(found[0] if found else "")' "${toolkit:-/nonexistent}")"
-  [ -z "$nvrtc" ] || cuda_args+=(-DCUDA_nvrtc_LIBRARY="$nvrtc")
-fi
-cmake -S . -B build/cmake -G Ninja -DCMAKE_BUILD_TYPE=Release "${cuda_args[@]}" \
-  -DCMAKE_PREFIX_PATH="$(python -c 'import torch; print(torch.utils.cmake_prefix_path)')" > build/cmake-configure.log 2>&1 \
-  || { cat build/cmake-configure.log; exit 1; }
-cmake --build build/cmake -j "$(nproc)"
-ctest --test-dir build/cmake --output-on-failure
+bash scripts/ctest.sh
 
 echo "[fastvae] CUDA compile check"
 bash scripts/check_cuda_compile.sh
