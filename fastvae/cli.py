@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 
 def _cmd_info(args) -> int:
@@ -166,6 +167,12 @@ def _train(args, ctx) -> int:
             train_options["lr"] = DEMO_ADAM_LR
         out = args.out or os.path.join("runs", f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
         out = broadcast_object(out, ctx)  # one run directory, named by rank 0's clock
+    if ctx.is_main:
+        from .data.corpus import unk_rate
+
+        print("fastvae train: data: " + ", ".join(
+            f"{split} {len(corpus.split(split)):,} sentences (<unk> {unk_rate(corpus.split(split)):.1%})"
+            for split in ("train", "valid", "test")) + f"; vocabulary {len(corpus.vocab):,}", file=sys.stderr)
     trainer = Trainer(None, corpus, recipe=recipe, out_dir=out, config=config, recipe_options=recipe_options,
                       corpus_info=corpus_info, progress=not args.no_progress, verbose=not args.json,
                       distributed=ctx, overwrite=args.overwrite, allow_changed_data=args.allow_changed_data,
@@ -237,6 +244,9 @@ def _cmd_eval(args) -> int:
     result = evaluate(model, dataset, batch_size=args.batch_size, iw_samples=args.iw_samples, metrics=metrics,
                       device=args.device, generator=gen, batch_mode=args.batch_mode)
     result = {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in result.items()}
+    from .data.corpus import unk_rate
+
+    result["unk_rate"] = unk_rate(dataset)  # of the checkpoint's vocabulary on this text
     if args.json:
         print(json.dumps({"checkpoint": args.checkpoint, "kind": ckpt["kind"], "iw_samples": args.iw_samples,
                           "mi_estimators": {"mi": "whole split", "mi_batch": f"per batch of {args.batch_size}"},
@@ -457,11 +467,28 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _show_corpus_warnings(command: str):
+    """warnings.showwarning that prints fastvae's corpus warnings as one line each (others as usual)."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        from .data.corpus import CorpusWarning
+
+        if issubclass(category, CorpusWarning):
+            print(f"fastvae {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_corpus_warnings(args.command)
+            return args.func(args)
     except (ValueError, FileNotFoundError) as exc:
         # bad options or input: one clear line, no traceback
         print(f"fastvae {args.command}: error: {_one_line(exc)}", file=sys.stderr)

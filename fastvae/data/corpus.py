@@ -11,6 +11,7 @@ the line).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,14 @@ MAX_LINE_BYTES = 1 << 20
 
 class CorpusError(ValueError):
     """A corpus file is missing, unreadable, or has no usable sentences."""
+
+
+class CorpusWarning(UserWarning):
+    """A corpus file that reads, but is probably not what was meant (the message says what was seen)."""
+
+
+# an evaluation split with more <unk> than this, for the training vocabulary, is probably other text
+UNK_WARNING_RATE = 0.5
 
 
 @dataclass
@@ -87,7 +96,7 @@ def read_split(path: str, *, max_len: int | None = None, max_line_bytes: int = M
     if os.path.isdir(path):
         raise CorpusError(f"{path}: is a directory, expected a text file with one sentence per line")
     token_lists, labels = [], []
-    stats = {"lines": 0, "empty_lines": 0, "truncated_lines": 0, "labelled_lines": 0}
+    stats = {"lines": 0, "empty_lines": 0, "truncated_lines": 0, "labelled_lines": 0, "multi_tab_lines": 0}
     with open(path, "rb") as f:
         # readline with a limit: a huge line (or a file without newlines) is refused before it is read whole
         for lineno, raw in enumerate(iter(lambda: f.readline(max_line_bytes + 1), b""), start=1):
@@ -104,6 +113,8 @@ def read_split(path: str, *, max_len: int | None = None, max_line_bytes: int = M
                 line = line.removeprefix("\ufeff")  # a byte-order mark is not part of the first word
             label = None
             if "\t" in line:
+                if line.count("\t") > 1:
+                    stats["multi_tab_lines"] += 1
                 label, line = line.split("\t", 1)
                 label = label.strip()
                 if not label:
@@ -125,7 +136,49 @@ def read_split(path: str, *, max_len: int | None = None, max_line_bytes: int = M
         first = next(i for i, lbl in enumerate(labels) if lbl is None)
         raise CorpusError(f"{path}: {labelled} of {len(labels)} sentences have a `label<TAB>` prefix; either all or"
                           f" none must (sentence {first + 1} has none)")
-    return RawSplit(path, token_lists, labels if labelled else None, stats)
+    raw = RawSplit(path, token_lists, labels if labelled else None, stats)
+    _check_shape(raw, max_len)
+    return raw
+
+
+def _check_shape(raw: RawSplit, max_len: int | None) -> None:
+    """Files that read but were probably meant otherwise: refuse the unmistakable, warn on the likely."""
+    n, stats = len(raw.token_lists), raw.stats
+    if raw.raw_labels is not None:
+        label_words = sum(len(lbl.split()) for lbl in raw.raw_labels) / n
+        one_word = sum(len(tokens) == 1 for tokens in raw.token_lists) / n
+        distinct_after = len({tokens[0] for tokens in raw.token_lists if len(tokens) == 1})
+        if label_words >= 3 and one_word >= 0.95 and distinct_after <= max(20, n // 100):
+            raise CorpusError(
+                f"{raw.path}: this looks like text<TAB>label with the columns swapped: the part before the tab "
+                f"(read as the label) has {label_words:.1f} words on average, the part after it (read as the "
+                f"sentence) is one word in {one_word:.0%} of lines, {distinct_after} distinct. fastvae reads "
+                f"label<TAB>text; swap the columns, e.g. awk -F'\\t' -v OFS='\\t' '{{print $2, $1}}'")
+        if len(set(raw.raw_labels)) > max(50, n // 2):
+            warnings.warn(f"{raw.path}: {len(set(raw.raw_labels)):,} distinct labels in {n:,} lines: the part "
+                          f"before each tab is read as a class label; if it is text, remove the tabs",
+                          CorpusWarning, stacklevel=3)
+    if stats["multi_tab_lines"] > 0.1 * n:
+        warnings.warn(f"{raw.path}: {stats['multi_tab_lines']:,} of {n:,} lines have more than one tab: fastvae "
+                      f"reads label<TAB>text, so every later column is read as words of the sentence",
+                      CorpusWarning, stacklevel=3)
+    if max_len is not None and stats["truncated_lines"] > 0.5 * n:
+        warnings.warn(f"{raw.path}: {stats['truncated_lines']:,} of {n:,} lines are longer than max_len={max_len} "
+                      f"words and were cut: is this one document per line rather than one sentence?",
+                      CorpusWarning, stacklevel=3)
+
+
+def unk_rate(dataset: "TextDataset") -> float:
+    """The fraction of a split's words that are `<unk>` (id 3) for the vocabulary it was encoded with."""
+    words = sum(len(s) for s in dataset.sentences)
+    return sum(int((s == 3).sum()) for s in dataset.sentences) / words if words else 0.0
+
+
+def warn_if_mostly_unknown(dataset: "TextDataset", path: str, what: str) -> None:
+    rate = unk_rate(dataset)
+    if rate > UNK_WARNING_RATE:
+        warnings.warn(f"{path}: {rate:.1%} of its words are <unk> for {what}: is it the same kind of text "
+                      f"(language, tokenisation, lower-casing)?", CorpusWarning, stacklevel=3)
 
 
 def _encode(raw: RawSplit, vocab: Vocab, name: str, label_names: list | None) -> TextDataset:
@@ -140,6 +193,8 @@ def _encode(raw: RawSplit, vocab: Vocab, name: str, label_names: list | None) ->
             raise CorpusError(f"{raw.path}: labels {unknown[:5]} do not occur in the training split {label_names}")
         labels = torch.tensor([index[lbl] for lbl in raw.raw_labels], dtype=torch.long)
     raw.stats["unk_tokens"] = sum(int((s == 3).sum()) for s in sentences)
+    raw.stats["words"] = sum(len(s) for s in sentences)
+    raw.stats["unk_rate"] = raw.stats["unk_tokens"] / raw.stats["words"] if raw.stats["words"] else 0.0
     return TextDataset(sentences, labels, name, label_names)
 
 
@@ -158,7 +213,9 @@ def read_dataset(path: str, vocab: Vocab, *, name: str | None = None, max_len: i
     raw = read_split(path, max_len=max_len, max_line_bytes=max_line_bytes)
     if raw.raw_labels is not None and label_names is None:
         label_names = _label_names(raw.raw_labels)
-    return _encode(raw, vocab, name or os.path.basename(path), label_names)
+    dataset = _encode(raw, vocab, name or os.path.basename(path), label_names)
+    warn_if_mostly_unknown(dataset, path, f"the given vocabulary ({len(vocab):,} words)")
+    return dataset
 
 
 def load_corpus(data_dir: str | None = None, *, train: str | None = None, valid: str | None = None,
@@ -183,9 +240,18 @@ def load_corpus(data_dir: str | None = None, *, train: str | None = None, valid:
         if absent:
             raise ValueError(f"load_corpus: give data_dir, or all of train/valid/test (missing: {', '.join(absent)})")
     raws = {s: read_split(paths[s], max_len=max_len, max_line_bytes=max_line_bytes) for s in SPLITS}
+    given_vocab = vocab is not None
     if vocab is None:
         vocab = Vocab.build(raws["train"].token_lists, max_size=max_vocab, min_count=min_count)
     label_names = _label_names(raws["train"].raw_labels) if raws["train"].raw_labels is not None else None
     datasets = {s: _encode(raws[s], vocab, s, label_names) for s in SPLITS}
+    for split in ("valid", "test") if not given_vocab else SPLITS:
+        warn_if_mostly_unknown(datasets[split], paths[split],
+                               f"the vocabulary of {'the checkpoint' if given_vocab else 'the training split'} "
+                               f"({len(vocab):,} words)")
+    if not given_vocab and len(vocab) - 4 < 20 and len(raws["train"].token_lists) >= 100:
+        warnings.warn(f"{paths['train']}: only {len(vocab) - 4} distinct words in "
+                      f"{len(raws['train'].token_lists):,} training sentences: is this the text column?",
+                      CorpusWarning, stacklevel=2)
     stats = {s: raws[s].stats for s in SPLITS}
     return Corpus(vocab, datasets["train"], datasets["valid"], datasets["test"], stats, label_names)
