@@ -401,6 +401,7 @@ def _add_train_parser(sub):
     g.add_argument("--resume", help="continue the run in this directory (or last.pt) exactly where it stopped")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="cpu or cuda")
+    _add_threads_option(g)
     g.add_argument("--precision", choices=["fp32", "bf16", "auto"],
                    help="fp32 (default); bf16: bf16 GEMMs on bf16 weight copies, float32 master weights, loss and "
                         "optimiser; auto: bf16 where the CPU has AMX/AVX512-BF16 or the GPU supports bf16")
@@ -413,6 +414,12 @@ def _add_train_parser(sub):
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--json", action="store_true", help="print only one JSON object with the test metrics")
     p.set_defaults(func=_cmd_train)
+
+
+def _add_threads_option(group) -> None:
+    group.add_argument("--threads", type=_positive_int,
+                       help="CPU threads for torch (default: torch's choice, usually one per core; under torchrun "
+                            "per process). On a machine shared with other jobs, fewer avoids oversubscribing it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -439,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", help="comma-separated subset, e.g. rec,kl,nll (default: all)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    _add_threads_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_eval)
 
@@ -459,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
+    _add_threads_option(p)
     p.set_defaults(func=_cmd_generate)
     return parser
 
@@ -488,6 +497,10 @@ def main(argv=None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_corpus_warnings(args.command)
+            if getattr(args, "threads", None):
+                import torch
+
+                torch.set_num_threads(args.threads)
             return args.func(args)
     except (ValueError, FileNotFoundError) as exc:
         # bad options or input: one clear line, no traceback

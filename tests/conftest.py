@@ -19,6 +19,11 @@ SHARED = os.environ.get("FASTVAE_SHARED") or os.path.join(os.path.dirname(__file
 SHARED_DATA = os.path.join(SHARED, "data")
 
 
+def pytest_report_header(config):
+    return (f"fastvae tests: torch {torch.__version__}, {torch.get_num_threads()} torch threads (torch's default; "
+            f"subprocess tests that time or compare runs set OMP_NUM_THREADS=1)")
+
+
 @pytest.fixture(autouse=True)
 def fresh_seed(request):
     seed = int(os.environ.get("FASTVAE_TEST_SEED", random.randrange(2**31)))

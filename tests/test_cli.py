@@ -148,3 +148,20 @@ def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "fastvae", "train", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and "--recipe" in proc.stdout and "--precision" in proc.stdout
+
+
+def test_threads_option_sets_torchs_thread_count_and_is_recorded(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "fastvae", "train", "--epochs", "1", "--threads", "1",
+                           "--iw-samples", "0", "--out", str(out), "--no-progress", "--json", "--examples", "0"],
+                          capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "WORLD_SIZE")})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "config.json").read_text())["torch_threads"] == 1
+    bad = subprocess.run([sys.executable, "-m", "fastvae", "eval", "--checkpoint", str(out / "best.pt"),
+                          "--threads", "0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--threads" in bad.stderr

@@ -536,7 +536,7 @@ class Trainer:
                 "corpus": self.corpus_info, "corpus_stats": getattr(self.corpus, "stats", {}),
                 "optimizer": self.optimizer_name, "lr": self.base_lr, "patience": self.patience,
                 "batch_size": self.batch_size, "device": str(self.device),
-                "torch_version": torch.__version__}
+                "torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
         with open(path, "w") as handle:
             json.dump(info, handle, indent=2, default=str)
 
