@@ -167,12 +167,14 @@ def _train(args, ctx) -> int:
             train_options["lr"] = DEMO_ADAM_LR
         out = args.out or os.path.join("runs", f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
         out = broadcast_object(out, ctx)  # one run directory, named by rank 0's clock
-    if ctx.is_main:
-        from .data.corpus import unk_rate
+    from .data.corpus import unk_rate
 
+    data_report = {split: {"sentences": len(corpus.split(split)), "unk_rate": unk_rate(corpus.split(split))}
+                   for split in ("train", "valid", "test")}
+    if ctx.is_main and not args.json:
         print("fastvae train: data: " + ", ".join(
-            f"{split} {len(corpus.split(split)):,} sentences (<unk> {unk_rate(corpus.split(split)):.1%})"
-            for split in ("train", "valid", "test")) + f"; vocabulary {len(corpus.vocab):,}", file=sys.stderr)
+            f"{split} {row['sentences']:,} sentences (<unk> {row['unk_rate']:.1%})" for split, row in data_report.items())
+            + f"; vocabulary {len(corpus.vocab):,}")
     trainer = Trainer(None, corpus, recipe=recipe, out_dir=out, config=config, recipe_options=recipe_options,
                       corpus_info=corpus_info, progress=not args.no_progress, verbose=not args.json,
                       distributed=ctx, overwrite=args.overwrite, allow_changed_data=args.allow_changed_data,
@@ -181,7 +183,8 @@ def _train(args, ctx) -> int:
     if not ctx.is_main:  # rank 0 reports
         return 0
     if args.json:
-        print(json.dumps({"out_dir": out, "recipe": recipe, "best_epoch": trainer.best_epoch, "test": test}))
+        print(json.dumps({"out_dir": out, "recipe": recipe, "best_epoch": trainer.best_epoch, "data": data_report,
+                          "test": test}))
         return 0
     print(f"run directory: {out} (config.json, metrics.jsonl, best.pt, last.pt, training.png)")
     if args.examples and trainer.is_vae:

@@ -80,10 +80,15 @@ def test_the_cli_reports_unk_rates_and_prints_warnings_as_one_line(tmp_path, cap
     out = tmp_path / "run"
     assert main(["train", "--data", data, "--config", "tiny", "--epochs", "1", "--batch-size", "16",
                  "--iw-samples", "0", "--out", str(out), "--no-progress", "--json", "--examples", "0"]) == 0
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    report = json.loads(captured.out.strip().splitlines()[-1])["data"]
+    assert report == {"train": {"sentences": 120, "unk_rate": 0.0}, "valid": {"sentences": 20, "unk_rate": 0.0},
+                      "test": {"sentences": 30, "unk_rate": 1.0}}
+    assert "fastvae train: warning: " in captured.err and "test.txt: 100.0% of its words are <unk>" in captured.err
+    assert main(["train", "--data", data, "--config", "tiny", "--epochs", "1", "--batch-size", "16",
+                 "--iw-samples", "0", "--out", str(out), "--overwrite", "--no-progress", "--examples", "0"]) == 0
     assert "data: train 120 sentences (<unk> 0.0%), valid 20 sentences (<unk> 0.0%), test 30 sentences " \
-           "(<unk> 100.0%)" in err
-    assert "fastvae train: warning: " in err and "test.txt: 100.0% of its words are <unk>" in err
+           "(<unk> 100.0%)" in capsys.readouterr().out
     assert main(["eval", "--checkpoint", str(out / "best.pt"), "--data", data, "--split", "test",
                  "--iw-samples", "2", "--json"]) == 0
     captured = capsys.readouterr()

@@ -95,3 +95,22 @@ def test_generate_uses_its_input_sentences_or_refuses_them(run, capsys):
     assert "takes no input" in capsys.readouterr().err
     assert main(["generate", "--checkpoint", best, "--num", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mode"] == "sample"
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_torn_file(run, tmp_path, capsys, monkeypatch):
+    import errno
+
+    out = tmp_path / "full-disk"
+
+    def no_space(obj, handle, *args, **kwargs):
+        handle.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    code = main(["train", "--data", run["data"], "--config", "tiny", "--recipe", "vae", "--epochs", "1",
+                 "--batch-size", "16", "--iw-samples", "2", "--out", str(out), "--no-progress", "--examples", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "No space left on device" in err and "Traceback" not in err
+    assert err.strip().count("\n") == 0
+    # the temporary file was removed; no checkpoint name points at a partial file
+    assert sorted(os.listdir(out)) == [".fastvae.lock", "config.json", "metrics.jsonl"]
