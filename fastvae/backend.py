@@ -103,6 +103,44 @@ def triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# The oldest Triton the kernels are tested with (torch 2.14.1 ships 3.8, torch 2.13 takes the newest). torch
+# 2.5.1's Triton 3.1 fails them: its interpreter refuses the kernels' tl.arange bounds and its ahead-of-time
+# compile API differs. With an older Triton the Triton backend is unavailable and every op uses its C++ or
+# torch path, which give the same results.
+MIN_TRITON = (3, 8)
+
+
+def _version_tuple(text: str) -> tuple:
+    parts = []
+    for piece in text.split("+")[0].split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_version() -> str | None:
+    """The installed Triton's version, read from its metadata (triton itself is not imported)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def triton_too_old() -> str | None:
+    """Why the installed Triton is too old for the kernels, or None."""
+    version = triton_version()
+    if version is None or _version_tuple(version) >= MIN_TRITON:
+        return None
+    return (f"triton {version} is older than {'.'.join(map(str, MIN_TRITON))}, the oldest the fastvae kernels are "
+            f"tested with; upgrade it (pip install 'triton>={'.'.join(map(str, MIN_TRITON))}') or use the C++/torch "
+            f"backends (FASTVAE_BACKEND=auto)")
+
+
 @functools.lru_cache(maxsize=None)
 def triton_importable() -> bool:
     try:
@@ -116,7 +154,7 @@ def triton_importable() -> bool:
 @functools.lru_cache(maxsize=None)
 def triton_gpu_available() -> bool:
     """True when Triton compiles real GPU kernels here (not the interpreter)."""
-    if triton_interpreter() or not triton_importable() or not torch.cuda.is_available():
+    if triton_interpreter() or triton_too_old() or not triton_importable() or not torch.cuda.is_available():
         return False
     try:
         from triton.runtime import driver
@@ -144,6 +182,9 @@ def _triton_installed() -> bool:
 
 
 def require_triton(device_type: str) -> None:
+    too_old = triton_too_old()
+    if too_old:
+        raise BackendUnavailable(too_old)
     if device_type == "cpu":
         if not _triton_installed():
             raise BackendUnavailable("Triton is not installed; install it with: pip install triton")

@@ -39,7 +39,9 @@ def collect() -> dict:
         devices.append("CPU")
         if core.built_with_cuda:
             devices.append("CUDA")
-    if backend.triton_gpu_available():
+    if backend.triton_too_old():
+        triton_mode = f"not used: {backend.triton_too_old()}"
+    elif backend.triton_gpu_available():
         triton_mode = "GPU (compiled kernels)"
     elif triton_version is None:
         triton_mode = "not installed"

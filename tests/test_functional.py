@@ -268,6 +268,7 @@ def test_bad_input_raises_clear_error(call, error, match):
         call(mu, logvar)
 
 
+@pytest.mark.triton
 def test_triton_backend_on_cpu_without_interpreter_preset():
     """A user's process: FASTVAE_BACKEND=triton, TRITON_INTERPRET unset, a torch-only op first.
     fastvae switches the interpreter on before triton is imported, and the kernels run."""

@@ -69,7 +69,7 @@ def test_triton_op_selection(monkeypatch):
     info = backend.OpInfo("triton_only_example", triton=True, cpp=False)
     monkeypatch.setenv("FASTVAE_BACKEND", "auto")
     assert backend.select(info, "cpu") == "torch"  # CPU tensors: reference by default
-    if backend.triton_importable():
+    if backend.triton_importable() and not backend.triton_too_old():
         monkeypatch.setenv("FASTVAE_BACKEND", "triton")
         assert backend.select(info, "cpu") == "triton"
         assert os.environ["TRITON_INTERPRET"] == "1"
@@ -171,3 +171,19 @@ def test_one_source_list_for_both_builds():
         assert (ROOT / path).is_file(), f"csrc/sources.txt lists a missing file: {path}"
     on_disk = {str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*") if p.suffix in (".cpp", ".cu")}
     assert on_disk == set(listed), f"sources not in csrc/sources.txt: {on_disk - set(listed)}"
+
+
+def test_a_triton_older_than_the_kernels_support_is_reported_not_used(monkeypatch):
+    monkeypatch.setattr(backend, "triton_version", lambda: "3.1.0")
+    assert "3.1.0" in backend.triton_too_old() and "3.8" in backend.triton_too_old()
+    assert not backend.triton_gpu_available.__wrapped__()
+    monkeypatch.setenv("FASTVAE_BACKEND", "triton")
+    info = backend.OpInfo("triton_only_example", triton=True, cpp=False)
+    with pytest.raises(backend.BackendUnavailable, match="older than"):
+        backend.select(info, "cpu")
+    monkeypatch.setenv("FASTVAE_BACKEND", "auto")
+    assert backend.select(info, "cpu") == "torch"
+    for new_enough in ("3.8.0", "3.9.0+git1234", "4.0"):
+        monkeypatch.setattr(backend, "triton_version", lambda v=new_enough: v)
+        assert backend.triton_too_old() is None
+
