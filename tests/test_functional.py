@@ -89,6 +89,7 @@ def test_kl_per_dim_matches_distributions(backend_name):
     assert F.kl_per_dim(mu.half(), logvar.half()).dtype == torch.float16
 
 
+@pytest.mark.triton
 def test_reparameterize_reproducible_and_identical_across_backends(monkeypatch):
     mu, logvar = posterior(7, 5, dtype=torch.float32)
     draws = {}
