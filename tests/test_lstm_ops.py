@@ -316,7 +316,7 @@ def test_cuda_step_matches_cpu():
 @pytest.mark.parametrize("B,K,T,H", [(3, 2, 5, 8), (1, 1, 1, 1), (33, 1, 12, 40)])
 def test_sequence_bfloat16_weight_copy_matches_its_reference(B, K, T, H):
     """weight_hh_compute (bfloat16 per-step GEMMs): equal to the plain-torch recurrence with the same bf16 GEMMs,
-    forward and backward, and within twice autocast's bf16 error of float64."""
+    forward and backward, and as close to float64 as autocast-style bf16 (error norm within 1.5x)."""
     inputs = make_sequence_inputs(B, K, T, H, requires_grad=True)
     copy = inputs[4].detach().to(torch.bfloat16)
     h_all, c_last = lstm_sequence(*inputs, weight_hh_compute=copy)
@@ -333,11 +333,18 @@ def test_sequence_bfloat16_weight_copy_matches_its_reference(B, K, T, H):
     autocast_in = [t.detach().clone().requires_grad_() for t in inputs]
     h_ac, c_ac = lstm_sequence_reference(*autocast_in, compute_dtype=torch.bfloat16)
     torch.autograd.backward([h_ac, c_ac], [grad_h, torch.ones_like(c_ac)])
-    assert (h_all.double() - h_exact).abs().max() <= 2 * (h_ac.double() - h_exact).abs().max() + 1e-6
+    # Against float64, our error and the bf16 reference's: the norm within 1.5x, the largest element within 4x.
+    # The largest element is heavy-tailed (the weight gradient's GEMM runs in bf16 here): over 150 seeds x these
+    # shapes the norm ratio reached 1.30 and the largest-element ratio 2.28 (a 2x bound on it failed CI).
+    def within_bf16_reference(name, ours, theirs, tiny):
+        assert ours.norm() <= 1.5 * theirs.norm() + tiny, f"{name}: error norm {ours.norm():.3g} vs {theirs.norm():.3g}"
+        assert ours.abs().max() <= 4 * theirs.abs().max() + tiny, \
+            f"{name}: largest error {ours.abs().max():.3g} vs the bf16 reference's {theirs.abs().max():.3g}"
+
+    within_bf16_reference("h_all", h_all.detach().double() - h_exact.detach(), h_ac.detach().double() - h_exact.detach(),
+                          1e-6)
     for name, got, theirs, want in zip(["input_gates", "sample_gates", "h0", "c0", "weight_hh"], inputs, autocast_in,
                                        exact):
-        ours = (got.grad.double() - want.grad).abs().max().item()
-        bound = (theirs.grad.double() - want.grad).abs().max().item()
-        assert ours <= 2 * bound + 1e-5, f"grad {name}: {ours} vs the bf16 reference's {bound}"
+        within_bf16_reference(f"grad {name}", got.grad.double() - want.grad, theirs.grad.double() - want.grad, 1e-5)
     with pytest.raises(ValueError, match="weight_hh_compute must be"):
         lstm_sequence(*inputs, weight_hh_compute=copy[:1])
