@@ -100,10 +100,10 @@ def test_linear_annealing_matches_reference_loop(kl_start, warm_up):
     assert all(b >= a for a, b in zip(got, got[1:]))
 
 
-def test_linear_annealing_uses_actual_batches_and_no_warmup_means_full_weight():
+def test_linear_annealing_uses_actual_batches():
     assert LinearAnnealing(0.0, 10).bind(7, 3).increment == pytest.approx(1 / 70)
-    sched = LinearAnnealing(0.3, 0).bind(5, 2)
-    assert sched(0) == 1.0
+    # no warm-up: issue 17 (Li et al.'s code keeps kl_start); this used to jump to the full weight
+    assert LinearAnnealing(0.3, 0).bind(5, 2)(0) == 0.3
 
 
 def test_constant():
@@ -132,3 +132,15 @@ def test_unbound_schedule_is_a_clear_error():
         CyclicalSchedule()(3)
     with pytest.raises(ValueError, match="steps_per_epoch"):
         LinearAnnealing().bind(0, 3)
+
+
+def test_no_warm_up_keeps_the_start_weight_and_a_lone_zero_warm_up_means_weight_one():
+    from fastvae.training.recipes import build_recipe
+
+    sched = LinearAnnealing(0.3, 0).bind(7, 5)
+    assert [sched(s) for s in (0, 1, 6, 34)] == [0.3] * 4  # Li et al.'s code keeps kl_start
+    for recipe in ("vae", "aggressive", "pretrain-fb"):
+        alone = build_recipe(recipe, {"warm_up": 0}).phases[-1].schedule.bind(7, 5)
+        assert [alone(s) for s in (0, 20)] == [1.0, 1.0], recipe  # no annealing
+        both = build_recipe(recipe, {"warm_up": 0, "kl_start": 0.2}).phases[-1].schedule.bind(7, 5)
+        assert [both(s) for s in (0, 20)] == [0.2, 0.2], recipe

@@ -377,3 +377,26 @@ def test_precision_auto_follows_the_hardware(corpus, monkeypatch):
 
     report = collect()
     assert "auto_on_cpu" in report["precision"] and "--precision auto picks" in format_report(report)
+
+
+def test_the_reason_a_phase_stopped_is_not_carried_into_the_next(corpus, monkeypatch):
+    """pretrain-fb: pretraining ends after its decays; the free-bits phase ("fb") then runs its epochs out."""
+    trainer = make(corpus, "pretrain-fb", pretrain_epochs=10, epochs=2, patience=1, decay_min_epoch=0,
+                   max_decays=1)
+    values = iter([5.0, 6.0, 4.0, 3.0])  # pretrain: best, worse (decay 1 of 1: stop); fb: improving
+    real = trainer._evaluate
+    reasons = {}
+
+    def scripted(dataset, *, final):
+        out = real(dataset, final=final)
+        if not final:
+            out["rec"], out["kl"] = next(values), 0.0
+            reasons[trainer.phase.name] = trainer.stopped_reason  # the reason set so far, as this epoch starts
+        return out
+
+    monkeypatch.setattr(trainer, "_evaluate", scripted)
+    trainer.fit()
+    phases = [r["phase"] for r in trainer.history if r["split"] == "valid"]
+    assert phases == ["pretrain", "pretrain", "fb", "fb"]
+    assert reasons["fb"] is None  # the pretrain phase's "stopped after 1 decays" did not reach it
+    assert trainer.stopped_reason is None  # the run ended because the fb phase ran its 2 epochs

@@ -114,6 +114,8 @@ def resolve_options(recipe: str, options: dict | None = None) -> dict:
     if unknown:
         _fail_unknown(recipe, unknown)
     resolved = {**RECIPE_OPTIONS[recipe], **given}
+    if "warm_up" in resolved and given.get("warm_up") == 0 and "kl_start" not in given:
+        resolved["kl_start"] = 1.0  # warm_up=0 alone: no annealing (with a kl_start too: that weight, constant)
 
     if recipe in ("vae", "beta"):
         # annealing is optional: giving either value turns it on with He et al.'s other value

@@ -9,7 +9,9 @@ Semantics (../shared/docs/recipes.md):
 - `LinearAnnealing(start, warm_up)`: the reference's per-step increment
   `(end - start) / (warm_up * batches_per_epoch)` added *before* each step, so step s (0-based)
   uses `min(end, start + (s + 1) * increment)`. The reference derives batches_per_epoch from the
-  nominal N / batch_size; fastvae uses the actual number of batches of an epoch.
+  nominal N / batch_size; fastvae uses the actual number of batches of an epoch. `warm_up=0`: no
+  ramp, the weight stays at `start` (as Li et al.'s code keeps `kl_start`; the recipes make a lone
+  `warm_up=0` mean weight 1, no annealing).
 - `CyclicalSchedule` (Fu et al. 2019, paper form): T total steps in M cycles of length T/M;
   tau = (s mod (T/M)) / (T/M); beta = start + (stop - start) * ramp(tau / R) while tau < R, then stop.
   Cycle c starts at step int(c * T/M), as in the blog's `frange_cycle_linear`, which this equals. Ramps: `linear` x,
@@ -106,8 +108,8 @@ class LinearAnnealing(Schedule):
 
     def __call__(self, step: int) -> float:
         inc = self.increment
-        if inc == math.inf:
-            return self.end
+        if inc == math.inf:  # no warm-up: the start value throughout
+            return self.start
         return min(self.end, self.start + (step + 1) * inc)
 
     def describe(self) -> dict:

@@ -568,6 +568,7 @@ class Trainer:
             self.plateau = self._new_plateau()
             self.best_value, self.best_epoch, self._best_state = math.inf, None, None
             self.epoch = self.position = self.step = 0
+            self.stopped_reason = None  # why *this* phase stops; the previous phase's reason is in its log
             self._new_optimizers(self.plateau.lr)
         self._batches = self._epoch_batches()
         phase.schedule.bind(len(self._batches), self._phase_epochs(phase))
