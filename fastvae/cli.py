@@ -358,7 +358,8 @@ def _add_train_parser(sub):
                    help="default: vae; on a built-in corpus pretrain-fb (with Adam 3e-3: the demo)")
     g.add_argument("--kl-start", type=float, help="annealing start weight (vae/beta/aggressive/pretrain-fb); "
                                                    "cyclical: each cycle's start value")
-    g.add_argument("--warm-up", type=float, help="annealing length in epochs")
+    g.add_argument("--warm-up", type=float, help="annealing length in epochs (0: no ramp; the weight is --kl-start "
+                                                 "throughout, 1 when --kl-start is not given)")
     g.add_argument("--beta", type=float, help="beta recipe: weight of the KL term (default 0.4)")
     g.add_argument("--variant", choices=list(CYCLICAL_VARIANTS), help="cyclical: paper (default) or ptb-script")
     g.add_argument("--cycles", type=_positive_int, help="cyclical: number of cycles M (default 4)")
