@@ -393,7 +393,9 @@ def recipe_options(recipe: str, budget: Budget, settings: dict | None = None) ->
     """The recipe's options under the budget (none under `full`: the protocol's defaults), then the
     user's `--set` options for it (they win). May hold `epochs` (see `split_epochs`)."""
     options = {}
-    if budget.warm_up is not None and recipe in ("aggressive", "pretrain-fb"):
+    if recipe == "vae":  # the published baseline is "VAE + anneal": He et al.'s 0.1 -> 1 over 10 epochs
+        options.update(kl_start=0.1, warm_up=10.0)
+    if budget.warm_up is not None and recipe in ("vae", "aggressive", "pretrain-fb"):
         options["warm_up"] = budget.warm_up
     if budget.pretrain_epochs is not None and recipe == "pretrain-fb":
         options["pretrain_epochs"] = budget.pretrain_epochs
@@ -404,14 +406,40 @@ def recipe_options(recipe: str, budget: Budget, settings: dict | None = None) ->
     return options
 
 
+def test_bleu(model, corpus, seed: int) -> dict:
+    """Reconstruction BLEU of the test split (the best checkpoint's weights, which `fit` leaves in the model):
+    greedy and beam (5), from the posterior mean and from a sample; {} when sacreBLEU is not installed."""
+    from fastvae.evaluation import reconstruction_bleu
+
+    try:
+        import sacrebleu  # noqa: F401
+    except ImportError:
+        print("reproduce: reconstruction BLEU skipped: sacreBLEU is not installed (pip install 'fastvae[bleu]')",
+              file=sys.stderr)
+        return {}
+    import torch
+
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed + 101)
+    return reconstruction_bleu(model, corpus.test, corpus.vocab, generator=gen)
+
+
+def model_config_for(recipe: str, options: dict, config: str) -> str:
+    """The model a recipe trains: `config`, except that cyclical's ptb-script variant at the ptb size trains Fu et
+    al.'s own model (ptb-fu2019), as their script does."""
+    if recipe == "cyclical" and options.get("variant") == "ptb-script" and config == "ptb":
+        return "ptb-fu2019"
+    return config
+
+
 def run_recipe(recipe: str, corpus, args, budget: Budget, out: str, corpus_info: dict) -> dict:
     from fastvae.training import Trainer
 
     options = recipe_options(recipe, budget, getattr(args, "recipe_settings", None))
     own_options, epochs = split_epochs(options, recipe, budget.epochs)
+    model_config = model_config_for(recipe, own_options, args.config)
     start = time.perf_counter()
     extra = {"optimizer": budget.optimizer} if budget.optimizer else {}
-    trainer = Trainer(None, corpus, recipe=recipe, out_dir=os.path.join(out, recipe), config=args.config,
+    trainer = Trainer(None, corpus, recipe=recipe, out_dir=os.path.join(out, recipe), config=model_config,
                       epochs=epochs, iw_samples=budget.iw_samples, device=args.device, seed=args.seed,
                       precision=getattr(args, "precision", "fp32"),
                       progress=args.progress, corpus_info=corpus_info, recipe_options=own_options,
@@ -421,9 +449,12 @@ def run_recipe(recipe: str, corpus, args, budget: Budget, out: str, corpus_info:
     except KeyboardInterrupt:
         raise RecipeInterrupted(_partial_result(recipe, options, trainer, start)) from None
     seconds = time.perf_counter() - start
+    if recipe != "lm":
+        test.update(test_bleu(trainer.model, corpus, args.seed))
     train_seconds = sum(r.get("seconds", 0.0) for r in trainer.history if r.get("split") == "train")
     return {"recipe": recipe, "options": options, "test": test, "best_epoch": trainer.best_epoch,
             "seconds": seconds, "train_seconds": train_seconds, "stopped_reason": trainer.stopped_reason,
+            "model_config": model_config,
             "epochs_run": sum(1 for r in trainer.history if r.get("split") == "train")}
 
 
@@ -486,25 +517,30 @@ def _optimizer_text(optimizer) -> str:
     return optimizer
 
 
+def _pair(test: dict, source: str) -> str:
+    greedy, beam = test.get(f"bleu_greedy_{source}"), test.get(f"bleu_beam_{source}")
+    return "-" if greedy is None else f"{greedy:.1f} / {beam:.1f}"
+
+
 def render_table(runs: list[dict], *, config: str, published: str, budget: Budget, data_info: dict,
                  device: str, iw_samples: int, status: str = "finished") -> str:
     """The markdown table: our test metrics per recipe beside the published ones, then the verdict."""
     pub_title = {"yahoo": "Yahoo", "yelp15": "Yelp15"}.get(published)
-    head = ("| recipe | NLL (IW-{k}) | KL | MI per batch | MI whole split | AU | PPL | probe acc | epochs | "
-            "train time | verdict | published NLL / KL / MI{p} |").format(
+    head = ("| recipe | NLL (IW-{k}) | KL | MI per batch | MI whole split | AU | PPL | probe acc | BLEU greedy / beam "
+            "(mean) | BLEU greedy / beam (sample) | epochs | train time | verdict | published NLL / KL / MI{p} |").format(
         k=iw_samples, p=f" ({pub_title})" if pub_title else "")
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 14]
     for r in runs:
         t = r["test"]
         lines.append(" | ".join([
             f"| `{r['recipe']}`" + (" (partial)" if r.get("partial") else ""), _num(t.get("nll")), _num(t.get("kl")),
             _num(t.get("mi_batch")), _num(t.get("mi")),
             _num(int(t["au"]) if "au" in t else None), _num(t.get("ppl")), _num(t.get("probe_acc"), 3),
-            str(r.get("epochs_run", "-")), f"{r.get('train_seconds', 0.0) / 60:.1f} min", collapse_verdict(r),
+            _pair(t, "mean"), _pair(t, "sample"), str(r.get("epochs_run", "-")), f"{r.get('train_seconds', 0.0) / 60:.1f} min", collapse_verdict(r),
             published_cells(r["recipe"], published) + " |"]))
     notes = [f"Budget `{budget.name}`: {budget.max_train or 'all'} training sentences, {budget.max_eval or 'all'} "
              f"valid/test sentences, {budget.epochs} epochs, KL warm-up "
-             f"{budget.warm_up if budget.warm_up is not None else 10} epochs (aggressive, pretrain-fb), pretraining "
+             f"{budget.warm_up if budget.warm_up is not None else 10} epochs (vae, aggressive, pretrain-fb), pretraining "
              f"{budget.pretrain_epochs or budget.epochs} epochs, aggressive phase "
              f"{f'capped at {budget.aggressive_epochs} epochs' if budget.aggressive_epochs else 'until the MI stop'}, "
              f"IW samples {iw_samples}, vocabulary cap "
@@ -512,9 +548,13 @@ def render_table(runs: list[dict], *, config: str, published: str, budget: Budge
              f"device {device}. Run status: {status}.",
              f"Data: {data_info.get('source')} ({data_info.get('layout', '')}; sentences "
              f"{data_info.get('sentences', 'built-in')}).",
-             "MI per batch: He et al.'s estimator (batches of the evaluation batch size, capped near log B); MI whole "
-             "split: the aggregate posterior over the whole test split. `vae` is the plain recipe (KL weight 1 "
-             "throughout); the published `vae` row is He et al.'s VAE + anneal."]
+             "MI per batch: He et al.'s estimator (their batches of 32, capped near log 32); MI whole split: the "
+             "aggregate posterior over the whole test split. `vae` is He et al.'s VAE + anneal (KL weight 0.1 -> 1 "
+             "over the warm-up), the published `vae` row."]
+    other_models = [f"`{r['recipe']}` trains `{r['model_config']}`" for r in runs
+                    if r.get("model_config") not in (None, config)]
+    if other_models:
+        notes.append("Models: " + "; ".join(other_models) + " (Fu et al.'s own model, as their PTB script).")
     if published != "none":
         notes.append(f"Published: {PUBLISHED_SOURCE}.")
         caveat = PUBLISHED_CAVEAT.get((config, published))

@@ -83,7 +83,7 @@ _RECIPE_FLAGS = ["kl_start", "warm_up", "beta", "variant", "cycles", "ratio", "r
                  "pretrain_epochs"]
 _TRAIN_FLAGS = ["epochs", "batch_size", "batch_mode", "optimizer", "lr", "momentum", "clip", "patience",
                 "decay_factor", "decay_min_epoch", "max_decays", "plateau_decay", "seed", "device", "precision",
-                "iw_samples", "eval_batch_size", "log_interval", "checkpoint_every"]
+                "iw_samples", "eval_batch_size", "mi_batch_size", "log_interval", "checkpoint_every"]
 
 
 def _cmd_train(args) -> int:
@@ -155,13 +155,15 @@ def _train(args, ctx) -> int:
         # on a built-in corpus the defaults make a short demo that does not collapse: pretrain-fb with
         # Adam (the tiny model learns within a few epochs); on user data, the references' defaults
         recipe = args.recipe or ("pretrain-fb" if builtin else "vae")
-        config = args.config or ("tiny" if builtin else "ptb")
+        # Fu et al.'s own PTB script trains their own model (ptb-fu2019): the ptb-script variant's default
+        script = recipe == "cyclical" and args.variant == "ptb-script"
+        config = args.config or ("tiny" if builtin else ("ptb-fu2019" if script else "ptb"))
         recipe_options = {f: getattr(args, f) for f in _RECIPE_FLAGS if getattr(args, f) is not None}
         train_options = {f: getattr(args, f) for f in _TRAIN_FLAGS if getattr(args, f) is not None}
         if "plateau_decay" in train_options:
             train_options["plateau_decay"] = train_options["plateau_decay"] == "on"
-        if "epochs" not in train_options:
-            train_options["epochs"] = DEMO_EPOCHS if builtin else 100
+        if "epochs" not in train_options and builtin:
+            train_options["epochs"] = DEMO_EPOCHS  # elsewhere the recipe's (100; cyclical ptb-script: 40)
         if builtin and "optimizer" not in train_options and "lr" not in train_options:
             train_options["optimizer"] = "adam"
             train_options["lr"] = DEMO_ADAM_LR
@@ -245,14 +247,20 @@ def _cmd_eval(args) -> int:
     metrics = args.metrics.split(",") if args.metrics else None
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     result = evaluate(model, dataset, batch_size=args.batch_size, iw_samples=args.iw_samples, metrics=metrics,
-                      device=args.device, generator=gen, batch_mode=args.batch_mode)
+                      device=args.device, generator=gen, batch_mode=args.batch_mode,
+                      mi_batch_size=args.mi_batch_size)
     result = {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in result.items()}
     from .data.corpus import unk_rate
 
     result["unk_rate"] = unk_rate(dataset)  # of the checkpoint's vocabulary on this text
+    if args.bleu:
+        from .evaluation import reconstruction_bleu
+
+        result.update(reconstruction_bleu(model, dataset, vocab, beam_size=args.beam_size, batch_size=args.batch_size,
+                                          generator=torch.Generator(device=args.device).manual_seed(args.seed + 1)))
     if args.json:
         print(json.dumps({"checkpoint": args.checkpoint, "kind": ckpt["kind"], "iw_samples": args.iw_samples,
-                          "mi_estimators": {"mi": "whole split", "mi_batch": f"per batch of {args.batch_size}"},
+                          "mi_estimators": {"mi": "whole split", "mi_batch": f"per batch of {args.mi_batch_size}"},
                           **result}))
     else:
         print(format_metrics_table(result, title=f"{args.checkpoint}: {len(dataset)} sentences"))
@@ -366,7 +374,9 @@ def _add_train_parser(sub):
     g.add_argument("--ratio", type=float, help="cyclical: fraction R of a cycle spent ramping (default 0.5)")
     g.add_argument("--ramp", choices=RAMPS, help="cyclical: ramp shape (default linear)")
     g.add_argument("--cycle-epochs", type=float, help="cyclical: cycle length in epochs instead of M cycles")
-    g.add_argument("--lr-restart", choices=LR_RESTARTS, help="cyclical: cosine learning-rate restart per cycle")
+    g.add_argument("--lr-restart", choices=LR_RESTARTS, help="cyclical: cosine learning-rate restart per cycle, its factor "
+                                                           "updated every step (cosine) or once per epoch (cosine-epoch, "
+                                                           "the ptb-script default)")
     g.add_argument("--fb-mode", choices=FREE_BITS_MODES, help="free-bits mode (pretrain-fb default: dim)")
     g.add_argument("--target-kl", type=float, help="free-bits target lambda, nats per sentence")
     g.add_argument("--aggressive", action="store_const", const=True,
@@ -379,7 +389,8 @@ def _add_train_parser(sub):
     g.add_argument("--pretrain-epochs", type=_positive_int, help="pretrain-fb: epochs of the AE phase")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=_positive_int,
-                   help=f"epochs per phase (default {DEMO_EPOCHS} on a built-in corpus, 100 otherwise)")
+                   help=f"epochs per phase (default {DEMO_EPOCHS} on a built-in corpus, otherwise 100, and 40 for "
+                        "cyclical's ptb-script variant, Fu et al.'s script)")
     g.add_argument("--batch-size", type=_positive_int)
     g.add_argument("--batch-mode", choices=["bucket", "padded"])
     g.add_argument("--optimizer", choices=["sgd", "adam"], help="default sgd; adam on a built-in corpus")
@@ -410,7 +421,9 @@ def _add_train_parser(sub):
                    help="fp32 (default); bf16: bf16 GEMMs on bf16 weight copies, float32 master weights, loss and "
                         "optimiser; auto: bf16 where the CPU has AMX/AVX512-BF16 or the GPU supports bf16")
     g.add_argument("--iw-samples", type=_nonneg_int, help="importance samples of the test NLL (500; 0: none)")
-    g.add_argument("--eval-batch-size", type=_positive_int)
+    g.add_argument("--eval-batch-size", type=_positive_int, help="sentences evaluated at once (default 64)")
+    g.add_argument("--mi-batch-size", type=_positive_int,
+                   help="the per-batch MI estimator's batch (default 32, He et al.'s); aggressive's MI stop uses it")
     g.add_argument("--log-interval", type=_positive_int)
     g.add_argument("--checkpoint-every", type=_nonneg_int, help="steps between mid-epoch last.pt writes")
     g.add_argument("--examples", type=_nonneg_int, default=3,
@@ -445,9 +458,15 @@ def build_parser() -> argparse.ArgumentParser:
                                   "the checkpoint's built-in corpus")
     p.add_argument("--split", choices=["train", "valid", "test"], default="test")
     p.add_argument("--iw-samples", type=_positive_int, default=500)
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="sentences evaluated at once")
+    p.add_argument("--mi-batch-size", type=_positive_int, default=32,
+                   help="the per-batch MI estimator's batch (mi_batch; default 32, He et al.'s)")
     p.add_argument("--batch-mode", choices=["bucket", "padded"], default="bucket")
     p.add_argument("--metrics", help="comma-separated subset, e.g. rec,kl,nll (default: all)")
+    p.add_argument("--bleu", action="store_true",
+                   help="also reconstruction BLEU: corpus BLEU of the decoded split, z the posterior mean or a "
+                        "sample, greedy or beam (bleu_<greedy|beam>_<mean|sample>; needs fastvae[bleu])")
+    p.add_argument("--beam-size", type=_positive_int, default=5, help="beam width of --bleu's beam search (5)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     _add_threads_option(p)

@@ -236,7 +236,15 @@ def test_resolve_args_budget_and_gpu_check_call(tmp_path):
     assert reproduce.recipe_options("cyclical", small) == {"variant": "ptb-script", "epochs": 40}
     assert reproduce.split_epochs(reproduce.recipe_options("cyclical", small), "cyclical", 10) == (
         {"variant": "ptb-script"}, 40)
-    assert reproduce.split_epochs(reproduce.recipe_options("vae", small), "vae", 10) == ({}, 10)
+    # vae is the published "VAE + anneal" baseline: kl_start 0.1, the budget's warm-up (He et al.'s 10 under full)
+    assert reproduce.split_epochs(reproduce.recipe_options("vae", small), "vae", 10) == (
+        {"kl_start": 0.1, "warm_up": small.warm_up}, 10)
+    assert reproduce.recipe_options("vae", reproduce.BUDGETS["full"]) == {"kl_start": 0.1, "warm_up": 10.0}
+    # Fu et al.'s script trains their own model: at the ptb size, cyclical's ptb-script variant trains ptb-fu2019
+    assert reproduce.model_config_for("cyclical", {"variant": "ptb-script"}, "ptb") == "ptb-fu2019"
+    assert reproduce.model_config_for("cyclical", {"variant": "paper"}, "ptb") == "ptb"
+    assert reproduce.model_config_for("cyclical", {"variant": "ptb-script"}, "yelp") == "yelp"
+    assert reproduce.model_config_for("vae", {}, "ptb") == "ptb"
     one = reproduce.resolve_args(["--budget", "small", "--epochs", "1"])[1]
     assert reproduce.recipe_options("cyclical", one) == {"variant": "ptb-script"}
     assert reproduce.recipe_options("cyclical", small, {"cyclical": {"variant": "paper", "epochs": 12}}) == {
@@ -282,7 +290,7 @@ def test_set_options_reach_the_recipe_and_the_worker_command():
     options = reproduce.recipe_options("pretrain-fb", budget, args.recipe_settings)
     assert options == {"warm_up": budget.warm_up, "pretrain_epochs": budget.pretrain_epochs, "fb_mode": "kingma",
                        "target_kl": 4.5}
-    assert reproduce.recipe_options("vae", budget, args.recipe_settings) == {}
+    assert reproduce.recipe_options("vae", budget, args.recipe_settings) == {"kl_start": 0.1, "warm_up": budget.warm_up}
     argv = reproduce.child_argv(args, "cyclical", "/tmp/x", threads=1)
     assert argv[argv.index("--recipe") + 1] == "cyclical" and argv[argv.index("--epochs") + 1] == "3"
     assert argv[argv.index("--set") + 1] == "cyclical.cycles=2" and argv.count("--set") == 1
@@ -304,7 +312,7 @@ def test_set_options_reach_the_recipe_and_the_worker_command():
     child, child_budget, *_ = reproduce.resolve_args(argv[2:])
     assert child_budget.aggressive_epochs is None
     assert reproduce.split_epochs(reproduce.recipe_options("vae", child_budget, child.recipe_settings), "vae",
-                                  child_budget.epochs) == ({}, 3)
+                                  child_budget.epochs) == ({"kl_start": 0.1, "warm_up": child_budget.warm_up}, 3)
     # Python's spellings of booleans are booleans, not the (truthy) strings "False"/"True"
     args = reproduce.resolve_args(["--recipe", "vae", "--set", "vae.aggressive=False", "--set", "vae.fb_mode=dim",
                                    "--set", "vae.target_kl=4"])[0]
@@ -360,11 +368,15 @@ def _fake_run(recipe, au, nll=330.0, kl=0.0, mi=0.0):
 def test_published_table_and_verdict():
     runs = [_fake_run("vae", 0), _fake_run("beta", 4, kl=3.0, mi=1.5), _fake_run("cyclical", 0),
             _fake_run("pretrain-fb", 12, kl=8.0, mi=2.9), _fake_run("lm", None)]
+    runs[1]["test"].update(bleu_greedy_mean=12.34, bleu_beam_mean=13.0, bleu_greedy_sample=9.0, bleu_beam_sample=9.5)
+    runs[2]["model_config"] = "ptb-fu2019"
     table = reproduce.render_table(runs, config="yahoo", published="yahoo", budget=reproduce.BUDGETS["full"],
                                    data_info={"source": "x", "layout": "plain"}, device="cpu", iw_samples=500)
     row = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| `")}
     assert "328.6 / 0.0 / 0.0" in row["`vae`"] and "collapsed (AU 0)" in row["`vae`"]
     assert "328.5 / 3.8 / 2.2" in row["`beta`"] and "4 active units" in row["`beta`"]
+    assert "| 12.3 / 13.0 | 9.0 / 9.5 |" in row["`beta`"] and "| - | - |" in row["`vae`"]  # BLEU when measured
+    assert "`cyclical` trains `ptb-fu2019`" in table
     assert reproduce.collapse_verdict(_fake_run("cyclical", 1)) == "1 active unit"
     assert "not published" in row["`cyclical`"] and "not published" in row["`pretrain-fb`"]
     assert row["`lm`"].rstrip().endswith("328.1 |") and "n/a (language model)" in row["`lm`"]
@@ -415,7 +427,7 @@ def test_main_on_a_tiny_fake_run(tmp_path, monkeypatch):
     rc = reproduce.main(["--data", str(data), "--config", "yelp", "--budget", "small", "--recipe",
                          "vae,aggressive,pretrain-fb", "--out", str(out), "--table", str(table_path)])
     assert rc == 0
-    assert calls == [("vae", {}), ("aggressive", {"warm_up": 2.0, "aggressive_epochs": 2}),
+    assert calls == [("vae", {"kl_start": 0.1, "warm_up": 2.0}), ("aggressive", {"warm_up": 2.0, "aggressive_epochs": 2}),
                      ("pretrain-fb", {"warm_up": 2.0, "pretrain_epochs": 5})]
     payload = json.loads((out / "reproduce.json").read_text())
     assert payload["status"] == "finished" and [r["recipe"] for r in payload["runs"]] == ["vae", "aggressive",

@@ -260,7 +260,7 @@ def _trainer_worker(ctx, seed):
 @pytest.mark.slow
 def test_two_ranks_equal_one_process(fresh_seed):
     from fastvae import functional as F
-    from fastvae.evaluation import posterior_stats
+    from fastvae.evaluation import per_batch_mutual_information, posterior_stats
 
     ranks = run_ranks(_trainer_worker, fresh_seed)
     for recipe, options in CASES:
@@ -294,7 +294,10 @@ def test_two_ranks_equal_one_process(fresh_seed):
     assert result["au"] == count
     kl = F.kl_per_dim(mu.float(), logvar.float()).sum(1).mean()
     assert result["kl"] == pytest.approx(float(kl), rel=1e-4, abs=1e-4)
-    assert all(math.isfinite(result[k]) for k in ("rec", "elbo", "nll", "ppl", "mi_batch"))
+    expected_mi_batch = per_batch_mutual_information(mu.float(), logvar.float(), [len(s) for s in corpus.valid.sentences],
+                                                     32, generator=torch.Generator().manual_seed(seed + 1))
+    assert result["mi_batch"] == pytest.approx(float(expected_mi_batch), rel=1e-5, abs=1e-5)
+    assert all(math.isfinite(result[k]) for k in ("rec", "elbo", "nll", "ppl"))
 
 
 @pytest.mark.slow

@@ -6,7 +6,9 @@ import torch
 
 from fastvae import functional as F
 from fastvae.data import grammar_corpus
-from fastvae.evaluation import evaluate, iw_nll, linear_probe_accuracy, posterior_stats
+from fastvae.data import TextDataset
+from fastvae.data.batching import bucket_groups
+from fastvae.evaluation import evaluate, iw_nll, linear_probe_accuracy, per_batch_mutual_information, posterior_stats
 from fastvae.models import LSTMLM, TextVAE
 
 
@@ -81,7 +83,7 @@ def test_iw_bound_is_tighter_than_elbo(corpus):
 
 def test_evaluate_reports_every_metric_and_restores_mode(corpus):
     m = TextVAE(len(corpus.vocab), "tiny").train()
-    r = evaluate(m, corpus.valid, iw_samples=4, batch_size=8)
+    r = evaluate(m, corpus.valid, iw_samples=4, batch_size=8, mi_batch_size=8)
     for key in ("rec", "kl", "elbo", "nll", "ppl", "mi", "mi_batch", "au", "au_var", "probe_acc"):
         assert key in r, key
     assert m.training
@@ -195,3 +197,88 @@ def test_single_sentence_evaluation(corpus):
     assert r["num_sentences"] == 1 and "au" not in r and "nll" in r and "mi" in r
     with pytest.raises(ValueError, match="at least 2 sentences"):
         evaluate(m, one, iw_samples=3, metrics=["au"])
+
+
+# ------------------------------------------------------------------ per-batch MI (He et al.'s calc_mi)
+def he_et_al_calc_mi(mu, logvar, z, lengths, batch_size):
+    """A reading of He et al.'s `calc_mi` + `calc_mi_q` in float64: validation batches of equal-length
+    sentences (their `create_data_batch`), the batch as the aggregate posterior, values weighted by batch size."""
+    by_length = {}
+    for row in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+        by_length.setdefault(lengths[row], []).append(row)
+    mi, count = 0.0, 0
+    for rows in by_length.values():
+        for start in range(0, len(rows), batch_size):
+            b = torch.tensor(rows[start:start + batch_size])
+            m, lv, zz = mu[b].double(), logvar[b].double(), z[b].double()
+            nz = m.shape[1]
+            neg_entropy = (-0.5 * nz * math.log(2 * math.pi) - 0.5 * (1 + lv).sum(-1)).mean()
+            dev = zz.unsqueeze(1) - m.unsqueeze(0)
+            log_density = -0.5 * (dev ** 2 / lv.exp().unsqueeze(0)).sum(-1) \
+                - 0.5 * (nz * math.log(2 * math.pi) + lv.sum(-1).unsqueeze(0))
+            log_qz = torch.logsumexp(log_density, dim=1) - math.log(len(b))
+            mi += float(neg_entropy - log_qz.mean()) * len(b)
+            count += len(b)
+    return mi / count
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 32, 500])
+def test_per_batch_mi_matches_he_et_al(batch_size, fresh_seed):
+    gen = torch.Generator().manual_seed(fresh_seed)
+    n, nz = 157, 5
+    lengths = torch.randint(3, 9, (n,), generator=gen).tolist()
+    mu = torch.randn(n, nz, generator=gen) * 2
+    logvar = torch.randn(n, nz, generator=gen) - 1
+    got = per_batch_mutual_information(mu, logvar, lengths, batch_size, generator=torch.Generator().manual_seed(5))
+    z = F.reparameterize(mu, logvar, generator=torch.Generator().manual_seed(5))
+    assert got.dtype == torch.float64 and got.dim() == 0
+    assert float(got) == pytest.approx(he_et_al_calc_mi(mu, logvar, z, lengths, batch_size), rel=1e-5, abs=1e-5)
+    groups = bucket_groups(lengths, batch_size)
+    assert sorted(i for g in groups for i in g) == list(range(n))
+    assert all(len({lengths[i] for i in g}) == 1 and len(g) <= batch_size for g in groups)
+
+
+def test_per_batch_mi_bad_inputs():
+    mu = torch.zeros(4, 2)
+    with pytest.raises(ValueError, match="mi_batch_size must be a positive int"):
+        per_batch_mutual_information(mu, mu, [3] * 4, 0)
+    with pytest.raises(ValueError, match="one row per length"):
+        per_batch_mutual_information(mu, mu, [3] * 5, 32)
+    with pytest.raises(ValueError, match="mi_batch_size"):
+        evaluate(latent_free_vae(20), TextDataset([torch.tensor([4, 5])] * 3), mi_batch_size=True)
+
+
+class SeparatedPosteriors(torch.nn.Module):
+    """A VAE-shaped model whose posteriors are points far apart (mu = 100 x the sentence's first word, std
+    1e-3, one latent dimension): any batch of B distinct sentences has MI ~= log B, so the estimate shows the
+    batch it was formed over. The decoder is a constant (reconstruction 0)."""
+
+    latent_dim = 1
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def encode(self, tokens, lengths):
+        mu = 100.0 * tokens[:, 1:2].float()
+        return mu, torch.full_like(mu, math.log(1e-6))
+
+    def reconstruction(self, tokens, lengths, z):
+        return torch.zeros(z.shape[:-1])
+
+
+def test_mi_batch_is_over_batches_of_32_whatever_the_evaluation_batch():
+    # 130 distinct sentences of one length: reference batches of 32, 32, 32, 32, 2
+    data = TextDataset([torch.tensor([4 + i, 5, 6]) for i in range(130)], name="separated")
+    expected_32 = (4 * 32 * math.log(32) + 2 * math.log(2)) / 130
+    expected_64 = (2 * 64 * math.log(64) + 2 * math.log(2)) / 130
+    model = SeparatedPosteriors()
+    for eval_batch in (8, 64, 130):
+        r = evaluate(model, data, batch_size=eval_batch, iw_samples=2, metrics=["mi_batch", "mi"],
+                     generator=torch.Generator().manual_seed(eval_batch))
+        # noise of the one-sample estimate: 0.5 * sqrt(2 / 130) ~= 0.06 nats
+        assert r["mi_batch"] == pytest.approx(expected_32, abs=0.3), eval_batch
+        assert r["mi_batch"] <= math.log(32) + 0.3 and r["mi"] == pytest.approx(math.log(130), abs=0.3)
+        wide = evaluate(model, data, batch_size=eval_batch, iw_samples=2, metrics=["mi_batch"], mi_batch_size=64,
+                        generator=torch.Generator().manual_seed(eval_batch))
+        assert wide["mi_batch"] == pytest.approx(expected_64, abs=0.3), eval_batch

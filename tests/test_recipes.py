@@ -240,6 +240,9 @@ def test_recipe_structure():
     assert r.phases[0].schedule.start == 0.1 and r.phases[0].schedule.warm_up == 5
     r = build_recipe("beta")
     assert r.phases[0].objective.scale == 0.4
+    # Li et al.'s text_beta.py: selected and decayed on rec + beta x KL, patience 5
+    assert r.phases[0].select_by == "beta-loss" and r.train_defaults["patience"] == 5
+    assert build_recipe("vae").phases[0].select_by == "elbo" and build_recipe("vae").train_defaults["patience"] == 2
     r = build_recipe("aggressive")
     assert isinstance(r.phases[0].policy, AggressiveUpdate)
     assert (r.phases[0].schedule.start, r.phases[0].schedule.warm_up) == (0.1, 10.0)
@@ -247,7 +250,9 @@ def test_recipe_structure():
     assert isinstance(r.phases[0].schedule, CyclicalSchedule) and r.phases[0].objective.mode == "dim"
     assert isinstance(r.phases[0].policy, AggressiveUpdate)
     r = build_recipe("cyclical", {"variant": "ptb-script"})
-    assert r.phases[0].lr_restart == "cosine" and r.train_defaults["optimizer"] == "adam"
+    # Fu et al.'s script: 40 epochs, the cosine factor set once per epoch
+    assert r.phases[0].lr_restart == "cosine-epoch" and r.train_defaults["optimizer"] == "adam"
+    assert r.train_defaults["epochs"] == 40 and "epochs" not in build_recipe("cyclical").train_defaults
     assert r.train_defaults["plateau_decay"] is False  # the script's schedule is the cosine restart alone
     assert "plateau_decay" not in build_recipe("cyclical").train_defaults
     assert r.phases[0].schedule.cycle_epochs == 10.0 and r.phases[0].schedule.start == 0.1

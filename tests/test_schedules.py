@@ -86,6 +86,11 @@ def test_cyclical_ptb_script_variant():
     assert lr(0) == pytest.approx(1.0)
     assert lr(100) == pytest.approx(0.5)
     assert lr(199) < 0.01 and lr(200) == pytest.approx(1.0)
+    # the script's form: cur_lr = lr * 0.5 * (1 + cos(pi * ((epoch - 1) % cycle) / cycle)), once per epoch
+    per_epoch = CosineRestartLR(sched, per_epoch=True)
+    for step in range(40 * spe):
+        epoch = step // spe + 1
+        assert per_epoch(step) == pytest.approx(0.5 * (1 + math.cos(math.pi * ((epoch - 1) % 10) / 10)), abs=1e-12)
 
 
 @pytest.mark.parametrize("kl_start,warm_up", [(0.1, 10), (0.0, 10), (0.5, 2.5), (0.1, 1)])

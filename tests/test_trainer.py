@@ -124,6 +124,38 @@ def test_aggressive_switches_off_when_mi_falls(corpus, monkeypatch):
     assert train_records[0]["aggressive_inner_steps"] > 0 and train_records[2]["aggressive_inner_steps"] == 0
 
 
+def test_beta_selects_on_its_own_objective_and_ptb_script_runs_its_40_epochs(corpus):
+    trainer = make(corpus, "beta", epochs=2, beta=0.25)
+    trainer.fit()
+    valid = [r for r in trainer.history if r["split"] == "valid"]
+    for record in valid:  # rec + beta x KL (Li et al.'s text_beta.py), not the ELBO
+        assert record["selection"] == pytest.approx(record["rec"] + 0.25 * record["kl"], rel=1e-12)
+    assert trainer.patience == 5 and make(corpus, "vae").patience == 2
+    script = make(corpus, "cyclical", variant="ptb-script")
+    assert script._phase_epochs(script.phase) == 40 and make(corpus, "cyclical")._phase_epochs(script.phase) == 100
+    assert make(corpus, "cyclical", variant="ptb-script", epochs=3)._phase_epochs(script.phase) == 3  # the user's wins
+
+
+@pytest.mark.parametrize("options,expected", [({}, 32), ({"mi_batch_size": 7}, 7)])
+def test_per_batch_mi_has_its_own_batch_size(corpus, monkeypatch, options, expected):
+    # He et al.'s per-batch MI (and so aggressive's MI stop) is formed over batches of 32, not over the
+    # trainer's evaluation batches (64 here)
+    import fastvae.evaluation
+
+    seen = []
+    real = fastvae.evaluation.evaluate
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["batch_size"], kwargs["mi_batch_size"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fastvae.evaluation, "evaluate", spy)
+    make(corpus, "aggressive", epochs=1, max_inner_steps=2, inner_window=2, **options).fit()
+    assert seen and all(s == (64, expected) for s in seen)
+    with pytest.raises(ValueError, match="mi_batch_size must be an int >= 1"):
+        make(corpus, mi_batch_size=0)
+
+
 def test_pretrain_phase_reinitialises_decoder_and_keeps_encoder(corpus):
     trainer = make(corpus, "pretrain-fb", epochs=1, pretrain_epochs=2, target_kl=2.0)
     seen = {}

@@ -56,6 +56,28 @@ def collate(dataset: TextDataset, indices) -> Batch:
     return Batch(tokens, lengths, labels, torch.tensor(indices, dtype=torch.long), int(lengths.sum()) - len(sents))
 
 
+def bucket_groups(lengths, batch_size: int, *, drop_last: bool = False) -> list[list[int]]:
+    """The reference partition of a split (He et al.'s `create_data_batch`): row indices sorted by length
+    (stably), each run of equal lengths cut into chunks of `batch_size` (the last chunk of a run may be
+    smaller), in increasing length. Training shuffles the order of these groups; evaluation and the
+    per-batch MI estimator use them as they are."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    lengths = torch.as_tensor(list(lengths), dtype=torch.long)
+    order = torch.argsort(lengths, stable=True).tolist()
+    sorted_lengths = lengths[order].tolist()
+    groups, start = [], 0
+    for end in range(1, len(order) + 1):
+        if end == len(order) or sorted_lengths[end] != sorted_lengths[start]:
+            run = order[start:end]
+            for i in range(0, len(run), batch_size):
+                chunk = run[i:i + batch_size]
+                if len(chunk) == batch_size or not drop_last:
+                    groups.append(chunk)
+            start = end
+    return groups
+
+
 def make_batches(dataset: TextDataset, batch_size: int, *, mode: str = "bucket", shuffle: bool = True,
                  generator: torch.Generator | None = None, drop_last: bool = False) -> list[Batch]:
     """All batches of one epoch. Deterministic for a given generator state."""
@@ -66,18 +88,7 @@ def make_batches(dataset: TextDataset, batch_size: int, *, mode: str = "bucket",
     if len(dataset) == 0:
         raise ValueError(f"dataset {dataset.name!r} has no sentences to batch")
     if mode == "bucket":
-        lengths = torch.tensor([len(s) for s in dataset.sentences])
-        order = torch.argsort(lengths, stable=True).tolist()
-        groups, start = [], 0
-        sorted_lengths = lengths[order].tolist()
-        for end in range(1, len(order) + 1):
-            if end == len(order) or sorted_lengths[end] != sorted_lengths[start]:
-                group = order[start:end]
-                for i in range(0, len(group), batch_size):
-                    chunk = group[i:i + batch_size]
-                    if len(chunk) == batch_size or not drop_last:
-                        groups.append(chunk)
-                start = end
+        groups = bucket_groups([len(s) for s in dataset.sentences], batch_size, drop_last=drop_last)
         if shuffle:
             groups = [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
         return [collate(dataset, g) for g in groups]

@@ -1,6 +1,6 @@
 """Evaluation: the metrics papers report (recipes.md), batched across sentences and samples."""
 from .metrics import (LM_METRICS, VAE_METRICS, evaluate, iw_log_likelihood_batch, iw_nll, linear_probe_accuracy,
-                      posterior_stats)
+                      per_batch_mutual_information, posterior_stats)
 
 __all__ = ["LM_METRICS", "VAE_METRICS", "evaluate", "iw_log_likelihood_batch", "iw_nll", "linear_probe_accuracy",
-           "posterior_stats"]
+           "per_batch_mutual_information", "posterior_stats"]

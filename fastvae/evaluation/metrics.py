@@ -9,7 +9,9 @@ Every value is a per-sentence mean over the evaluated split:
   ppl       exp(sum of per-sentence nll / number of predicted tokens): </s> counts, <s> does not
             (from nll when computed, else from elbo)
   mi        whole-set mutual information (aggregate posterior over the whole split, Li et al.)
-  mi_batch  per-batch mutual information (aggregate inside each evaluation batch, He et al.)
+  mi_batch  per-batch mutual information (He et al.): the aggregate posterior inside each batch of the split's
+            reference partition into batches of `mi_batch_size` (default 32, the papers'; capped near
+            log 32), whatever batch size the evaluation itself runs at
   au        active units: dimensions whose Var_x[mu(x)] (unbiased, over the split) >= 0.01
   probe_acc held-out accuracy of a linear probe on mu, when the split has labels
 LSTM language models report nll (exact) and ppl.
@@ -22,6 +24,7 @@ import torch
 
 from .. import functional as F
 from ..data import make_batches
+from ..data.batching import bucket_groups
 from ..data.corpus import TextDataset
 
 VAE_METRICS = ("rec", "kl", "elbo", "nll", "ppl", "mi", "mi_batch", "au", "probe_acc")
@@ -147,6 +150,39 @@ def iw_nll(model, dataset: TextDataset, K: int = 500, *, batch_size: int = 32, d
     return out
 
 
+DEFAULT_MI_BATCH_SIZE = 32  # He et al.'s calc_mi runs over the validation batches of their batch size, 32
+
+
+def check_mi_batch_size(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"mi_batch_size must be a positive int (the per-batch MI estimator's batch, 32 in the "
+                         f"papers), got {value!r}")
+    return value
+
+
+def per_batch_mutual_information(mu: torch.Tensor, logvar: torch.Tensor, lengths, batch_size: int = 32, *,
+                                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """He et al.'s per-batch MI (their `calc_mi`): the split's rows are cut into the reference batches
+    (`bucket_groups`: equal lengths, at most `batch_size` rows), I_q(x; z) is estimated inside each batch
+    with that batch as the aggregate posterior, and the batch values are averaged weighted by batch size.
+
+    `mu`, `logvar`: [N, nz] in split order; `lengths`: the N sentence lengths. One z per row, drawn for the
+    whole split at once (reproducible with `generator`). A 0-dim float64 tensor, at most about log(batch_size)."""
+    check_mi_batch_size(batch_size)
+    lengths = list(lengths)
+    if mu.dim() != 2 or mu.shape[0] != len(lengths):
+        raise ValueError(f"per_batch_mutual_information: mu must be [N, nz] with one row per length, got "
+                         f"{tuple(mu.shape)} for {len(lengths)} lengths")
+    if mu.shape[0] == 0:
+        raise ValueError("per_batch_mutual_information: no rows")
+    z = F.reparameterize(mu, logvar, generator=generator)
+    total = torch.zeros((), dtype=torch.float64, device=mu.device)
+    for group in bucket_groups(lengths, batch_size):
+        rows = torch.as_tensor(group, dtype=torch.long, device=mu.device)
+        total += F.mutual_information(mu[rows], logvar[rows], z[rows]).double() * len(group)
+    return total / mu.shape[0]
+
+
 def linear_probe_accuracy(features: torch.Tensor, labels: torch.Tensor, *, train_fraction: float = 0.8,
                           steps: int = 200, seed: int = 0) -> float:
     """Held-out accuracy of a multinomial logistic regression on standardised features.
@@ -187,9 +223,11 @@ def linear_probe_accuracy(features: torch.Tensor, labels: torch.Tensor, *, train
 
 
 def evaluate(model, dataset: TextDataset, *, batch_size: int = 32, iw_samples: int = 500, metrics=None,
-             device=None, generator: torch.Generator | None = None, batch_mode: str = "bucket") -> dict:
+             device=None, generator: torch.Generator | None = None, batch_mode: str = "bucket",
+             mi_batch_size: int = DEFAULT_MI_BATCH_SIZE) -> dict:
     """The metrics of the module docstring on one split. `metrics=None` computes all that apply;
-    `iw_samples=0` skips the importance-weighted nll (ppl then comes from the ELBO)."""
+    `iw_samples=0` skips the importance-weighted nll (ppl then comes from the ELBO). `batch_size` is how
+    many sentences are evaluated at once; `mi_batch_size` is the per-batch MI estimator's own batch."""
     lm = _is_lm(model)
     allowed = LM_METRICS if lm else VAE_METRICS
     wanted = set(allowed if metrics is None else metrics)
@@ -199,6 +237,7 @@ def evaluate(model, dataset: TextDataset, *, batch_size: int = 32, iw_samples: i
                          f"choose from {', '.join(allowed)}")
     if isinstance(iw_samples, bool) or not isinstance(iw_samples, int) or iw_samples < 0:
         raise ValueError(f"iw_samples must be an int >= 0, got {iw_samples!r}")
+    check_mi_batch_size(mi_batch_size)
     if iw_samples == 0:
         wanted.discard("nll")
     if not lm and isinstance(dataset, TextDataset) and len(dataset) == 1 and "au" in wanted:
@@ -222,7 +261,7 @@ def evaluate(model, dataset: TextDataset, *, batch_size: int = 32, iw_samples: i
         return {k: v for k, v in result.items() if k in wanted or k.startswith("num_")}
 
     need_posterior = wanted & {"mi", "au", "probe_acc", "mi_batch"}
-    sums = torch.zeros(5, dtype=torch.float64, device=device)  # rec, kl, iw-nll, mi_batch*B, (unused)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # rec, kl, iw-nll
     mu_all = logvar_all = None
     with _EvalMode(model):
         for batch in batches:
@@ -233,8 +272,6 @@ def evaluate(model, dataset: TextDataset, *, batch_size: int = 32, iw_samples: i
             sums[1] += F.kl_per_dim(mu, logvar).double().sum()
             if "nll" in wanted:
                 sums[2] -= iw_log_likelihood_batch(model, batch, iw_samples, generator, (mu, logvar)).double().sum()
-            if "mi_batch" in wanted:
-                sums[3] += F.mutual_information(mu, logvar, generator=generator).double() * batch.size
             if need_posterior:
                 if mu_all is None:
                     mu_all = mu.new_empty(len(dataset), mu.shape[1])
@@ -244,6 +281,9 @@ def evaluate(model, dataset: TextDataset, *, batch_size: int = 32, iw_samples: i
         extra = {}
         if "mi" in wanted:
             extra["mi"] = F.mutual_information(mu_all, logvar_all, generator=generator)
+        if "mi_batch" in wanted:
+            extra["mi_batch"] = per_batch_mutual_information(
+                mu_all, logvar_all, [len(s) for s in dataset.sentences], mi_batch_size, generator=generator)
         if wanted & {"au"}:
             count, var = F.active_units(mu_all)
             extra["au"] = count
@@ -259,8 +299,8 @@ def evaluate(model, dataset: TextDataset, *, batch_size: int = 32, iw_samples: i
     else:
         result["ppl"] = perplexity(sums[0] + sums[1], result["num_tokens"])
         result["ppl_from"] = "elbo"
-    if "mi_batch" in wanted:
-        result["mi_batch"] = sums[3] / n
+    if "mi_batch" in extra:
+        result["mi_batch"] = float(extra["mi_batch"])
     if "mi" in extra:
         result["mi"] = float(extra["mi"])
     if "au" in extra:

@@ -21,6 +21,9 @@ def _check_batch(who: str, tokens: torch.Tensor, lengths: torch.Tensor, vocab_si
         raise ValueError(f"{who}: tokens are on {tokens.device} but lengths on {lengths.device}")
 
 
+FU2019_INIT_RANGE = 0.1
+
+
 def _reference_init(module: nn.Module) -> None:
     """Reference init: parameters U(-0.01, 0.01), embeddings U(-0.1, 0.1)."""
     for p in module.parameters():
@@ -31,13 +34,14 @@ def _reference_init(module: nn.Module) -> None:
 
 
 class LSTMEncoder(nn.Module):
-    """Embedding -> 1-layer LSTM -> last hidden state -> Linear(nh, 2 nz, bias=False) -> (mu, logvar)."""
+    """Embedding -> 1-layer LSTM -> last hidden state -> Linear(nh, 2 nz) -> (mu, logvar); the linear layer has no
+    bias in He et al.'s model, one in Fu et al.'s (`posterior_bias`)."""
 
-    def __init__(self, vocab_size: int, emb_dim: int, hidden_dim: int, latent_dim: int):
+    def __init__(self, vocab_size: int, emb_dim: int, hidden_dim: int, latent_dim: int, posterior_bias: bool = False):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, emb_dim)
         self.lstm = nn.LSTM(emb_dim, hidden_dim, batch_first=True)
-        self.to_posterior = nn.Linear(hidden_dim, 2 * latent_dim, bias=False)
+        self.to_posterior = nn.Linear(hidden_dim, 2 * latent_dim, bias=bool(posterior_bias))
         self.weight_copies = None  # set_compute_dtype(torch.bfloat16)
 
     def set_compute_dtype(self, dtype: torch.dtype | None) -> None:
@@ -75,7 +79,8 @@ class LSTMEncoder(nn.Module):
 
 
 class TextVAE(nn.Module):
-    """LSTM encoder, fastvae.nn.LSTMDecoder, Gaussian latent (recipes.md)."""
+    """LSTM encoder, fastvae.nn.LSTMDecoder, Gaussian latent (recipes.md); the config's family chooses He et al.'s
+    model or Fu et al.'s (fastvae.models.config)."""
 
     def __init__(self, vocab_size: int, config: ModelConfig | str):
         super().__init__()
@@ -85,13 +90,21 @@ class TextVAE(nn.Module):
         self.config = config
         self.vocab_size = vocab_size
         self.latent_dim = config.latent_dim
-        self.encoder = LSTMEncoder(vocab_size, config.emb_dim, config.enc_hidden, config.latent_dim)
+        fu = config.family == "fu2019"
+        self.encoder = LSTMEncoder(vocab_size, config.emb_dim, config.enc_hidden, config.latent_dim,
+                                   posterior_bias=fu)
         self.decoder = LSTMDecoder(vocab_size, config.emb_dim, config.dec_hidden, config.latent_dim,
-                                   dropout_in=config.dropout_in, dropout_out=config.dropout_out)
+                                   dropout_in=config.dropout_in, dropout_out=config.dropout_out,
+                                   latent_state="hidden" if fu else "cell", output_bias=fu,
+                                   init_range=FU2019_INIT_RANGE if fu else None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        _reference_init(self.encoder)
+        if self.config.family == "fu2019":  # the script: every parameter U(-0.1, 0.1)
+            for p in self.encoder.parameters():
+                nn.init.uniform_(p, -FU2019_INIT_RANGE, FU2019_INIT_RANGE)
+        else:
+            _reference_init(self.encoder)
         self.decoder.reset_parameters()
 
     def reset_decoder_parameters(self) -> None:

@@ -1,7 +1,9 @@
 """The LSTM decoder of a text VAE (recipes.md), on fastvae's fused recurrence.
 
 z is used twice, as in the reference model: the initial cell state c0 = Linear(nz, H, bias=False)(z),
-h0 = tanh(c0), and z concatenated to the word embedding at every step (LSTM input = emb + nz). The LSTM
+h0 = tanh(c0), and z concatenated to the word embedding at every step (LSTM input = emb + nz).
+`latent_state="hidden"` is Fu et al.'s PTB model instead (Kim et al.'s SA-VAE code): h0 = Linear(nz, H)(z) with
+a bias, c0 = 0, no tanh; with `output_bias=True` and `init_range=0.1` it is that script's decoder. The LSTM
 parameters carry torch.nn.LSTM's names, shapes and gate order (weight_ih_l0 [4H, emb+nz], weight_hh_l0
 [4H, H], bias_ih_l0, bias_hh_l0), so weights move between the two unchanged.
 
@@ -34,11 +36,19 @@ def _check_ids(what, ids, vocab_size):
             raise ValueError(f"LSTMDecoder: {what} must be in [0, {vocab_size}), got values in [{low}, {high}]")
 
 
+LATENT_STATES = ("cell", "hidden")
+
+
 class LSTMDecoder(nn.Module):
-    """LSTMDecoder(vocab_size, emb_dim, hidden_dim, latent_dim, dropout_in=0.5, dropout_out=0.5)."""
+    """LSTMDecoder(vocab_size, emb_dim, hidden_dim, latent_dim, dropout_in=0.5, dropout_out=0.5,
+    latent_state="cell", output_bias=False, init_range=None).
+
+    latent_state "cell": c0 = Linear(z) (no bias), h0 = tanh(c0) (He et al.); "hidden": h0 = Linear(z) + b, c0 = 0
+    (Fu et al.). init_range None: the reference init (reset_parameters); r: every parameter U(-r, r)."""
 
     def __init__(self, vocab_size: int, emb_dim: int, hidden_dim: int, latent_dim: int,
-                 dropout_in: float = 0.5, dropout_out: float = 0.5):
+                 dropout_in: float = 0.5, dropout_out: float = 0.5, *, latent_state: str = "cell",
+                 output_bias: bool = False, init_range: float | None = None):
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("emb_dim", emb_dim), ("hidden_dim", hidden_dim),
                             ("latent_dim", latent_dim)):
@@ -47,6 +57,12 @@ class LSTMDecoder(nn.Module):
         for name, value in (("dropout_in", dropout_in), ("dropout_out", dropout_out)):
             if not 0.0 <= float(value) < 1.0:
                 raise ValueError(f"LSTMDecoder: {name} must be in [0, 1), got {value!r}")
+        if latent_state not in LATENT_STATES:
+            raise ValueError(f"LSTMDecoder: latent_state must be one of {', '.join(LATENT_STATES)}, got {latent_state!r}")
+        if init_range is not None and not (isinstance(init_range, (int, float)) and 0 < init_range < float("inf")):
+            raise ValueError(f"LSTMDecoder: init_range must be None or a positive number, got {init_range!r}")
+        self.latent_state = latent_state
+        self.init_range = init_range
         self.vocab_size = vocab_size
         self.emb_dim = emb_dim
         self.hidden_dim = hidden_dim
@@ -59,8 +75,11 @@ class LSTMDecoder(nn.Module):
         self.weight_hh_l0 = nn.Parameter(torch.empty(gates, hidden_dim))
         self.bias_ih_l0 = nn.Parameter(torch.empty(gates))
         self.bias_hh_l0 = nn.Parameter(torch.empty(gates))
-        self.latent_to_cell = nn.Linear(latent_dim, hidden_dim, bias=False)
-        self.output = nn.Linear(hidden_dim, vocab_size, bias=False)
+        if latent_state == "cell":
+            self.latent_to_cell = nn.Linear(latent_dim, hidden_dim, bias=False)
+        else:
+            self.latent_to_hidden = nn.Linear(latent_dim, hidden_dim)
+        self.output = nn.Linear(hidden_dim, vocab_size, bias=bool(output_bias))
         self.weight_copies: precision.WeightCopies | None = None  # set_compute_dtype(torch.bfloat16)
         self.reset_parameters()
 
@@ -71,14 +90,27 @@ class LSTMDecoder(nn.Module):
         self.weight_copies = None if dtype is None else precision.WeightCopies(dtype)
 
     def reset_parameters(self) -> None:
-        """Reference init: every parameter U(-0.01, 0.01), the embedding U(-0.1, 0.1)."""
+        """Reference init: every parameter U(-0.01, 0.01), the embedding U(-0.1, 0.1); with init_range r, every
+        parameter U(-r, r)."""
+        if self.init_range is not None:
+            for parameter in self.parameters():
+                nn.init.uniform_(parameter, -self.init_range, self.init_range)
+            return
         for parameter in self.parameters():
             nn.init.uniform_(parameter, -0.01, 0.01)
         nn.init.uniform_(self.embed.weight, -0.1, 0.1)
 
+    def initial_state(self, z: torch.Tensor):
+        """(h0, c0) of the recurrence for z [..., nz]: (tanh(W z), W z), or Fu et al.'s (W z + b, 0)."""
+        if self.latent_state == "cell":
+            c0 = self.latent_to_cell(z)
+            return torch.tanh(c0), c0
+        h0 = self.latent_to_hidden(z)
+        return h0, torch.zeros_like(h0)
+
     def extra_repr(self) -> str:
         return (f"vocab_size={self.vocab_size}, emb_dim={self.emb_dim}, hidden_dim={self.hidden_dim}, "
-                f"latent_dim={self.latent_dim}")
+                f"latent_dim={self.latent_dim}, latent_state={self.latent_state}")
 
     # ------------------------------------------------------------------ checks
     def _check_inputs(self, inputs, z, lengths):
@@ -131,9 +163,9 @@ class LSTMDecoder(nn.Module):
         """z3 [B, K, nz] -> LSTM outputs [B, K, T, H]."""
         z3 = z3.to(input_gates.dtype)
         sample_gates = F.linear(z3, self.weight_ih_l0[:, self.emb_dim:])
-        c0 = self.latent_to_cell(z3)
+        h0, c0 = self.initial_state(z3)
         weight_low = None if self.weight_copies is None else self.weight_copies.get(self.weight_hh_l0)
-        h_all, _ = lstm_sequence(input_gates, sample_gates, torch.tanh(c0), c0, self.weight_hh_l0, weight_low)
+        h_all, _ = lstm_sequence(input_gates, sample_gates, h0, c0, self.weight_hh_l0, weight_low)
         return h_all
 
     def forward(self, inputs: torch.Tensor, z: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -178,7 +210,14 @@ class LSTMDecoder(nn.Module):
         if rows.dtype != weight.dtype:  # low-precision states (autocast): GEMMs in their dtype, as autocast would
             copy = weight.to(rows.dtype) if copy is None else copy
             rows = rows.to(weight.dtype)
-        loss, nll = linear_cross_entropy(rows, self.output.weight, target_rows, row_scale, weight_compute=copy)
+        bias = self.output.bias
+        if bias is not None:
+            # the fused op has no bias: a column of ones on the rows and the bias as the weight's last column give
+            # h W^T + b exactly, and the gradient reaches W and b through the concatenation
+            rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+            weight = torch.cat([weight, bias.unsqueeze(1)], dim=1)
+            copy = None if copy is None else torch.cat([copy, bias.detach().unsqueeze(1).to(copy.dtype)], dim=1)
+        loss, nll = linear_cross_entropy(rows, weight, target_rows, row_scale, weight_compute=copy)
         return loss, (nll.view(B, K, T) * mask_rows).sum(-1)
 
     def reconstruction_loss(self, inputs: torch.Tensor, targets: torch.Tensor, z: torch.Tensor,

@@ -23,8 +23,7 @@ class _Stepper:
         self.word_weight = decoder.weight_ih_l0[:, : decoder.emb_dim]
         self.sample_gates = F.linear(z, decoder.weight_ih_l0[:, decoder.emb_dim:],
                                      decoder.bias_ih_l0 + decoder.bias_hh_l0)  # [N, 4H], once per sequence
-        self.c = decoder.latent_to_cell(z)
-        self.h = torch.tanh(self.c)
+        self.h, self.c = decoder.initial_state(z)
 
     def step(self, tokens):
         """tokens [N] -> logits of the next token [N, V] (float32 or wider)."""

@@ -455,25 +455,27 @@ def subset_dataset(dataset, indices):
     return part
 
 
-_SUMMED = ("rec", "kl", "elbo", "nll", "mi_batch")  # per-sentence means in `evaluate`'s result
+_SUMMED = ("rec", "kl", "elbo", "nll")  # per-sentence means in `evaluate`'s result
 
 
 def distributed_evaluate(model, dataset, ctx: DistContext, *, batch_size: int = 32, iw_samples: int = 500,
                          metrics=None, device="cpu", generator=None, batch_mode: str = "bucket",
-                         au_threshold: float = 0.01) -> dict:
+                         au_threshold: float = 0.01, mi_batch_size: int = 32) -> dict:
     """`fastvae.evaluation.evaluate` over the union of all ranks' shards; the same dict on every rank.
 
     Per-sentence metrics are reduced as sums over sentences (and tokens for ppl); whole-set MI, AU
-    and the linear probe are computed from the gathered posterior rows of the whole split, in its
-    order (so whole-set MI is exactly the single-process value for the same `generator` seed).
+    MI (whole-set and per-batch, the latter over the split's own reference batches of `mi_batch_size`), AU and
+    the linear probe are computed from the gathered posterior rows of the whole split, in its order (so both
+    MI estimates are exactly the single-process values for the same `generator` seed).
     IW-NLL and the one-sample rec draw their noise per rank: the same estimator, other draws."""
     from .. import functional as F
-    from ..evaluation import evaluate, linear_probe_accuracy, posterior_stats
-    from ..evaluation.metrics import perplexity
+    from ..evaluation import evaluate, linear_probe_accuracy, per_batch_mutual_information, posterior_stats
+    from ..evaluation.metrics import check_mi_batch_size, perplexity
 
     if not ctx.enabled:
         return evaluate(model, dataset, batch_size=batch_size, iw_samples=iw_samples, metrics=metrics,
-                        device=device, generator=generator, batch_mode=batch_mode)
+                        device=device, generator=generator, batch_mode=batch_mode, mi_batch_size=mi_batch_size)
+    check_mi_batch_size(mi_batch_size)
     is_vae = hasattr(model, "encode")
     allowed = ("rec", "kl", "elbo", "nll", "ppl", "mi", "mi_batch", "au", "probe_acc") if is_vae else ("nll", "ppl")
     wanted = list(allowed if metrics is None else metrics)
@@ -516,7 +518,7 @@ def distributed_evaluate(model, dataset, ctx: DistContext, *, batch_size: int = 
             result["ppl"] = perplexity(total["elbo"], tokens)
             result["ppl_from"] = "elbo"
 
-    whole_set = [m for m in ("mi", "au", "probe_acc") if m in wanted]
+    whole_set = [m for m in ("mi", "mi_batch", "au", "probe_acc") if m in wanted]
     if is_vae and whole_set:
         if count > 0:
             mu, logvar = posterior_stats(model, shard, batch_size=batch_size, device=device)
@@ -527,6 +529,10 @@ def distributed_evaluate(model, dataset, ctx: DistContext, *, batch_size: int = 
         if "mi" in wanted:
             mi_gen = torch.Generator(device=mu_all.device).manual_seed(seed)
             result["mi"] = float(F.mutual_information(mu_all, logvar_all, generator=mi_gen))
+        if "mi_batch" in wanted:
+            mi_gen = torch.Generator(device=mu_all.device).manual_seed(seed + 1)
+            result["mi_batch"] = float(per_batch_mutual_information(
+                mu_all, logvar_all, lengths, mi_batch_size, generator=mi_gen))
         if "au" in wanted:
             au, var = F.active_units(mu_all, threshold=au_threshold)
             result["au"], result["au_var"] = int(au), [float(v) for v in var]

@@ -5,7 +5,7 @@ and phases. Semantics: ../shared/docs/recipes.md.
 |---|---|---|---|---|
 | `lm` | train | - | - (LSTM language model) | joint |
 | `vae` | train | 1, or linear annealing (kl_start, warm_up) | plain | joint |
-| `beta` | train | beta x (1, or linear annealing) | plain | joint |
+| `beta` | train (selected by rec + beta x KL, patience 5: Li et al.'s text_beta.py) | beta x (1, or linear annealing) | plain | joint |
 | `cyclical` | train | cyclical (M cycles, ratio R, ramp; or cycle_epochs) | plain | joint |
 | `aggressive` | train | linear annealing 0.1 -> 1 over 10 epochs | plain | aggressive (He et al.) |
 | `pretrain-fb` | pretrain (beta=0, selected by rec), fb (decoder re-initialised, encoder kept, new optimisers, 0 -> 1 over 10 epochs, selected by the true ELBO) | | free bits `dim`, target 8 | joint |
@@ -46,15 +46,17 @@ CYCLICAL_VARIANTS = {
     "paper": {"cycles": 4, "ratio": 0.5, "kl_start": 0.0, "cycle_epochs": None, "lr_restart": "none"},
     # the paper's own PTB script: 10-epoch cycles, beta restarts at 0.1 and reaches 1 after 4.5
     # epochs, Adam 1e-3 with a cosine learning-rate restart each cycle
-    "ptb-script": {"cycles": 4, "ratio": 0.45, "kl_start": 0.1, "cycle_epochs": 10.0, "lr_restart": "cosine"},
+    # (set once per epoch, as the script does), over the script's 40 epochs
+    "ptb-script": {"cycles": 4, "ratio": 0.45, "kl_start": 0.1, "cycle_epochs": 10.0, "lr_restart": "cosine-epoch"},
 }
-LR_RESTARTS = ("none", "cosine")
+# "cosine": the factor follows the cycle position at every step; "cosine-epoch": once per epoch (Fu et al.'s script)
+LR_RESTARTS = ("none", "cosine", "cosine-epoch")
 
 # training-option defaults a recipe implies (the user's explicit values win)
 TRAIN_DEFAULTS = {
     "lm": {"lr": 1.0, "patience": 2},
     "vae": {"lr": 1.0, "patience": 2},
-    "beta": {"lr": 1.0, "patience": 2},
+    "beta": {"lr": 1.0, "patience": 5},  # Li et al.'s text_beta.py (decay_epoch = 5)
     "cyclical": {"lr": 1.0, "patience": 2},
     "aggressive": {"lr": 1.0, "patience": 2},
     "pretrain-fb": {"lr": 0.5, "patience": 5},
@@ -69,10 +71,10 @@ class Phase:
     schedule: Schedule
     objective: KLObjective | None  # None: language model (no latent)
     policy: object
-    select_by: str  # "elbo" (rec + unmasked kl), "rec", or "nll" (language model)
+    select_by: str  # "elbo" (rec + unmasked kl), "beta-loss" (rec + beta x kl), "rec", or "nll" (language model)
     reset_decoder: bool = False  # re-initialise every decoder parameter when the phase starts
     epochs: int | None = None  # None: the trainer's `epochs`
-    lr_restart: str = "none"  # "cosine": learning rate restarts with each KL cycle
+    lr_restart: str = "none"  # "cosine"/"cosine-epoch": learning rate restarts with each KL cycle (LR_RESTARTS)
 
     def describe(self) -> dict:
         return {"name": self.name, "schedule": self.schedule.describe(),
@@ -192,7 +194,10 @@ def build_recipe(name: str, options: dict | None = None) -> Recipe:
         if name == "beta":
             objective.scale = float(opts["beta"])
             objective.__post_init__()
-        phases = [Phase("train", schedule, objective, _policy(opts), select_by="elbo")]
+        # beta: selection and decay-on-plateau on the objective it trains, rec + beta x KL (Li et al.'s
+        # text_beta.py); the others on the true ELBO
+        phases = [Phase("train", schedule, objective, _policy(opts),
+                        select_by="beta-loss" if name == "beta" else "elbo")]
     elif name == "cyclical":
         schedule = CyclicalSchedule(cycles=opts["cycles"], ratio=opts["ratio"], ramp=opts["ramp"],
                                     start=opts["kl_start"], cycle_epochs=opts["cycle_epochs"])
@@ -201,7 +206,8 @@ def build_recipe(name: str, options: dict | None = None) -> Recipe:
         if opts["variant"] == "ptb-script":
             # the script's learning-rate schedule is the cosine restart alone: no decay-on-plateau (which
             # would also reload the best checkpoint, a low-KL one from a weight-1 stretch)
-            train_defaults.update({"optimizer": "adam", "lr": 1e-3, "plateau_decay": False})
+            # would also reload the best checkpoint, a low-KL one from a weight-1 stretch); its 40 epochs
+            train_defaults.update({"optimizer": "adam", "lr": 1e-3, "plateau_decay": False, "epochs": 40})
     elif name == "pretrain-fb":
         pretrain = Phase("pretrain", ConstantSchedule(0.0), KLObjective(), _policy(opts), select_by="rec",
                          epochs=_epochs_option("pretrain_epochs", opts["pretrain_epochs"]))

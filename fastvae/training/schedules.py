@@ -179,8 +179,12 @@ class CosineRestartLR:
     rate falls from its base value towards 0 within a cycle and jumps back at each restart.
     """
 
-    def __init__(self, cycle: CyclicalSchedule):
+    def __init__(self, cycle: CyclicalSchedule, *, per_epoch: bool = False):
         self.cycle = cycle
+        self.per_epoch = per_epoch  # Fu et al.'s script sets the rate once, at each epoch's start
 
     def __call__(self, step: int) -> float:
+        if self.per_epoch:
+            spe = self.cycle.steps_per_epoch
+            step = (step // spe) * spe
         return 0.5 * (1.0 + math.cos(math.pi * self.cycle.position(step)))

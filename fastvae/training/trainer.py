@@ -62,7 +62,7 @@ class TrainConfig:
     recipe: str = "vae"
     recipe_options: dict = field(default_factory=dict)
     config: str = "tiny"  # model config name (used when no model is given)
-    epochs: int = 100
+    epochs: int | None = None  # None: the recipe's default (100; 40 for cyclical's ptb-script, Fu et al.'s script)
     batch_size: int | None = None  # None: the model config's batch size
     batch_mode: str = "bucket"
     optimizer: str | None = None  # None: the recipe's default (sgd, or adam for cyclical ptb-script)
@@ -77,7 +77,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     precision: str = "fp32"  # fp32 | bf16 | auto (fastvae.precision)
-    eval_batch_size: int = 64
+    eval_batch_size: int = 64  # sentences evaluated at once (speed and memory only)
+    mi_batch_size: int = 32  # the per-batch MI estimator's batch (He et al.: 32); drives aggressive's MI stop
     iw_samples: int = 500  # importance samples of the final test NLL (0: no IW-NLL)
     log_interval: int = 50  # steps between host reads (progress bar, NaN check)
     checkpoint_every: int = 0  # steps between mid-epoch `last.pt` writes (0: at epoch ends only)
@@ -89,10 +90,12 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
                 raise ValueError(f"{name} must be an int >= {0 if allow_zero else 1}, got {value!r}")
 
-        positive_int("epochs", self.epochs)
+        if self.epochs is not None:
+            positive_int("epochs", self.epochs)
         if self.batch_size is not None:
             positive_int("batch_size", self.batch_size)
         positive_int("eval_batch_size", self.eval_batch_size)
+        positive_int("mi_batch_size", self.mi_batch_size)
         positive_int("iw_samples", self.iw_samples, allow_zero=True)
         positive_int("log_interval", self.log_interval)
         positive_int("checkpoint_every", self.checkpoint_every, allow_zero=True)
@@ -211,6 +214,7 @@ class Trainer:
         else:
             self.base_lr = DEFAULT_LR[self.optimizer_name]
         self.patience = self.cfg.patience or defaults.get("patience", 2)
+        self.default_epochs = self.cfg.epochs or defaults.get("epochs", 100)
         # fastvae's own models: embedding gradients as the rows a batch touched, where the update allows it
         # (a dense [vocab, emb] gradient costs a zero fill, a norm and an update pass over the whole table)
         if sparse_embedding_gradients_apply(self.optimizer_name, self.cfg.momentum, self.dist.enabled) \
@@ -325,7 +329,7 @@ class Trainer:
         return self.recipe.phases[self.phase_index]
 
     def _phase_epochs(self, phase) -> int:
-        return phase.epochs or self.cfg.epochs
+        return phase.epochs or self.default_epochs
 
     def _autocast(self, own_copies: bool = False):
         """bf16: autocast, except around a model that keeps its own bfloat16 weight copies (`own_copies=True` marks
@@ -450,11 +454,13 @@ class Trainer:
             if self.dist.enabled:  # sharded; whole-set MI/AU over the union of all ranks' rows
                 result = distributed_evaluate(self.model, dataset, self.dist, batch_size=self.cfg.eval_batch_size,
                                               iw_samples=max(self.cfg.iw_samples, 1), metrics=metrics,
-                                              device=self.device, generator=gen, batch_mode=self.cfg.batch_mode)
+                                              device=self.device, generator=gen, batch_mode=self.cfg.batch_mode,
+                                              mi_batch_size=self.cfg.mi_batch_size)
             else:
                 result = evaluate(self.model, dataset, batch_size=self.cfg.eval_batch_size,
                                   iw_samples=max(self.cfg.iw_samples, 1), metrics=metrics, device=self.device,
-                                  generator=gen, batch_mode=self.cfg.batch_mode)
+                                  generator=gen, batch_mode=self.cfg.batch_mode,
+                                  mi_batch_size=self.cfg.mi_batch_size)
         finally:
             self.model.train(was_training)
         return {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in result.items()}
@@ -465,6 +471,8 @@ class Trainer:
             return float(metrics["nll"])
         if by == "rec":
             return float(metrics["rec"])
+        if by == "beta-loss":  # the beta recipe's own objective, beta x the unmasked KL (Li et al.'s text_beta.py)
+            return float(metrics["rec"]) + self.phase.objective.scale * float(metrics["kl"])
         return float(metrics["rec"]) + float(metrics["kl"])  # the true ELBO loss, unmasked KL
 
     # ----------------------------------------------------------------- checkpoints and logs
@@ -572,7 +580,8 @@ class Trainer:
             self._new_optimizers(self.plateau.lr)
         self._batches = self._epoch_batches()
         phase.schedule.bind(len(self._batches), self._phase_epochs(phase))
-        self._lr_factor = CosineRestartLR(phase.schedule) if phase.lr_restart == "cosine" else None
+        self._lr_factor = (CosineRestartLR(phase.schedule, per_epoch=phase.lr_restart == "cosine-epoch")
+                           if phase.lr_restart in ("cosine", "cosine-epoch") else None)
         if self._lr_factor is not None and not hasattr(phase.schedule, "position"):
             raise ValueError("a cosine learning-rate restart needs the cyclical KL schedule")
 
