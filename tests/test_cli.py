@@ -165,3 +165,42 @@ def test_threads_option_sets_torchs_thread_count_and_is_recorded(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "fastvae", "eval", "--checkpoint", str(out / "best.pt"),
                           "--threads", "0"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--threads" in bad.stderr
+
+
+def test_ptb_script_trains_fu_et_als_model_and_mi_batch_size_is_reported(data_dir, tmp_path, capsys):
+    # cyclical's ptb-script variant reproduces Fu et al.'s script: their own model unless --config says otherwise
+    import torch
+
+    out = str(tmp_path / "script")
+    rc = main(["train", "--data", data_dir, "--recipe", "cyclical", "--variant", "ptb-script", "--epochs", "1",
+               "--out", out, "--iw-samples", "2", "--mi-batch-size", "16", "--no-progress", "--json"])
+    assert rc == 0
+    result = last_json(capsys)
+    assert result["recipe"] == "cyclical"
+    checkpoint = torch.load(os.path.join(out, "best.pt"), weights_only=True)
+    assert checkpoint["model_config"]["name"] == "ptb-fu2019" and checkpoint["model_config"]["family"] == "fu2019"
+    assert "decoder.output.bias" in checkpoint["model"] and "decoder.latent_to_hidden.bias" in checkpoint["model"]
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["train"]["mi_batch_size"] == 16 and config["train"]["epochs"] == 1
+    rc = main(["eval", "--checkpoint", os.path.join(out, "best.pt"), "--data", data_dir, "--iw-samples", "2",
+               "--mi-batch-size", "4", "--json"])
+    assert rc == 0
+    assert last_json(capsys)["mi_estimators"]["mi_batch"] == "per batch of 4"
+    assert main(["generate", "--checkpoint", os.path.join(out, "best.pt"), "--mode", "sample", "--num", "2",
+                 "--json"]) == 0
+    with pytest.raises(SystemExit):
+        main(["eval", "--checkpoint", os.path.join(out, "best.pt"), "--mi-batch-size", "0"])
+    assert "--mi-batch-size" in capsys.readouterr().err
+
+
+def test_eval_reconstruction_bleu(trained, data_dir, capsys):
+    pytest.importorskip("sacrebleu", reason="reconstruction BLEU needs the optional extra fastvae[bleu]")
+    rc = main(["eval", "--checkpoint", os.path.join(trained, "best.pt"), "--data", data_dir, "--iw-samples", "2",
+               "--metrics", "rec,kl", "--bleu", "--beam-size", "2", "--json"])
+    assert rc == 0
+    result = last_json(capsys)
+    for key in ("bleu_greedy_mean", "bleu_beam_mean", "bleu_greedy_sample", "bleu_beam_sample"):
+        assert 0.0 <= result[key] <= 100.0, key
+    rc = main(["eval", "--checkpoint", os.path.join(trained, "best.pt"), "--data", data_dir, "--iw-samples", "2",
+               "--metrics", "rec", "--bleu"])
+    assert rc == 0 and "bleu_beam_sample" in capsys.readouterr().out
