@@ -423,6 +423,25 @@ def test_bleu(model, corpus, seed: int) -> dict:
     return reconstruction_bleu(model, corpus.test, corpus.vocab, generator=gen)
 
 
+SS_LABEL_COUNTS = (100, 1000)  # of the papers' 100 / 500 / 1,000 / 2,000 / 10,000 (fastvae probe runs all)
+
+
+def semi_supervised(model, corpus, seed: int) -> dict:
+    """Li et al.'s semi-supervised classification (frozen encoder, linear classifier) at SS_LABEL_COUNTS labelled
+    training sentences, test accuracy: {"ss_acc_<N>": acc}; {} without labels."""
+    from fastvae.evaluation.semi_supervised import semi_supervised_accuracy
+
+    if any(split.labels is None for split in (corpus.train, corpus.valid, corpus.test)):
+        return {}
+    out = {}
+    for count in SS_LABEL_COUNTS:
+        if count <= len(corpus.train):
+            result = semi_supervised_accuracy(model, corpus.train, corpus.valid, corpus.test, num_labels=count,
+                                              seed=seed)
+            out[f"ss_acc_{count}"] = result["test_acc"]
+    return out
+
+
 def model_config_for(recipe: str, options: dict, config: str) -> str:
     """The model a recipe trains: `config`, except that cyclical's ptb-script variant at the ptb size trains Fu et
     al.'s own model (ptb-fu2019), as their script does."""
@@ -451,6 +470,7 @@ def run_recipe(recipe: str, corpus, args, budget: Budget, out: str, corpus_info:
     seconds = time.perf_counter() - start
     if recipe != "lm":
         test.update(test_bleu(trainer.model, corpus, args.seed))
+        test.update(semi_supervised(trainer.model, corpus, args.seed))
     train_seconds = sum(r.get("seconds", 0.0) for r in trainer.history if r.get("split") == "train")
     return {"recipe": recipe, "options": options, "test": test, "best_epoch": trainer.best_epoch,
             "seconds": seconds, "train_seconds": train_seconds, "stopped_reason": trainer.stopped_reason,
@@ -527,16 +547,17 @@ def render_table(runs: list[dict], *, config: str, published: str, budget: Budge
     """The markdown table: our test metrics per recipe beside the published ones, then the verdict."""
     pub_title = {"yahoo": "Yahoo", "yelp15": "Yelp15"}.get(published)
     head = ("| recipe | NLL (IW-{k}) | KL | MI per batch | MI whole split | AU | PPL | probe acc | BLEU greedy / beam "
-            "(mean) | BLEU greedy / beam (sample) | epochs | train time | verdict | published NLL / KL / MI{p} |").format(
+            "(mean) | BLEU greedy / beam (sample) | semi-sup. acc 100 / 1000 | epochs | train time | verdict | published NLL / KL / MI{p} |").format(
         k=iw_samples, p=f" ({pub_title})" if pub_title else "")
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for r in runs:
         t = r["test"]
         lines.append(" | ".join([
             f"| `{r['recipe']}`" + (" (partial)" if r.get("partial") else ""), _num(t.get("nll")), _num(t.get("kl")),
             _num(t.get("mi_batch")), _num(t.get("mi")),
             _num(int(t["au"]) if "au" in t else None), _num(t.get("ppl")), _num(t.get("probe_acc"), 3),
-            _pair(t, "mean"), _pair(t, "sample"), str(r.get("epochs_run", "-")), f"{r.get('train_seconds', 0.0) / 60:.1f} min", collapse_verdict(r),
+            _pair(t, "mean"), _pair(t, "sample"),
+            " / ".join(_num(t.get(f"ss_acc_{n}"), 3) for n in SS_LABEL_COUNTS), str(r.get("epochs_run", "-")), f"{r.get('train_seconds', 0.0) / 60:.1f} min", collapse_verdict(r),
             published_cells(r["recipe"], published) + " |"]))
     notes = [f"Budget `{budget.name}`: {budget.max_train or 'all'} training sentences, {budget.max_eval or 'all'} "
              f"valid/test sentences, {budget.epochs} epochs, KL warm-up "
@@ -551,6 +572,10 @@ def render_table(runs: list[dict], *, config: str, published: str, budget: Budge
              "MI per batch: He et al.'s estimator (their batches of 32, capped near log 32); MI whole split: the "
              "aggregate posterior over the whole test split. `vae` is He et al.'s VAE + anneal (KL weight 0.1 -> 1 "
              "over the warm-up), the published `vae` row."]
+    notes.append("Semi-supervised accuracy: Li et al.'s protocol (`fastvae probe`): a linear classifier on the frozen "
+                 "posterior mean, trained on 100 / 1,000 labelled training sentences, selected on validation loss, "
+                 "test accuracy. Probe acc: a logistic regression on 80% of the test split's posterior means, scored "
+                 "on the rest (a different, fastvae-only measure).")
     other_models = [f"`{r['recipe']}` trains `{r['model_config']}`" for r in runs
                     if r.get("model_config") not in (None, config)]
     if other_models:

@@ -267,6 +267,47 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _label_counts(text: str) -> list:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--num-labels {text!r}: expected comma-separated positive ints, e.g. 100,1000") from None
+    if not counts or min(counts) < 1:
+        raise ValueError(f"--num-labels {text!r}: expected comma-separated positive ints, e.g. 100,1000")
+    return counts
+
+
+def _cmd_probe(args) -> int:
+    """`fastvae probe`: Li et al.'s semi-supervised classification from a checkpoint's encoder."""
+    import json
+
+    from .data import load_corpus
+    from .evaluation.semi_supervised import semi_supervised_accuracy
+    from .training.checkpoint import load_model
+
+    counts = _label_counts(args.num_labels)
+    model, vocab, ckpt = load_model(args.checkpoint, device=args.device)
+    if not os.path.isdir(args.data):
+        raise FileNotFoundError(f"--data {args.data!r}: expected a corpus directory with labelled train.txt, "
+                                "valid.txt and test.txt (lines `label<TAB>sentence`)")
+    corpus = load_corpus(args.data, vocab=vocab)
+    rows = []
+    for count in counts:
+        result = semi_supervised_accuracy(model, corpus.train, corpus.valid, corpus.test, num_labels=count,
+                                          classifier=args.classifier, freeze_encoder=not args.finetune,
+                                          epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+                                          lr=args.lr, seed=args.seed)
+        rows.append(result)
+        if not args.json:
+            print(f"{count:>6} labels: test accuracy {result['test_acc']:.4f} (valid {result['valid_acc']:.4f}, "
+                  f"best epoch {result['best_epoch']} of {result['epochs_run']})", flush=True)
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "protocol": "Li et al. 2019 text_ss_ft.py",
+                          "classifier": args.classifier, "encoder": "fine-tuned" if args.finetune else "frozen",
+                          "results": rows}))
+    return 0
+
+
 def _cmd_generate(args) -> int:
     import json
 
@@ -492,6 +533,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_threads_option(p)
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("probe", help="semi-supervised classification on the posterior mean (Li et al.'s protocol)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="a labelled corpus directory (train/valid/test.txt, `label<TAB>text`)")
+    p.add_argument("--num-labels", default="100,500,1000,2000,10000",
+                   help="labelled training sentences, comma-separated (default: the papers' 100,500,1000,2000,10000)")
+    p.add_argument("--classifier", choices=["linear", "mlp"], default="linear")
+    p.add_argument("--finetune", action="store_true", help="train the encoder with the classifier (default: frozen)")
+    p.add_argument("--epochs", type=_positive_int, default=100)
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="sgd (lr 1, the reference) or adam")
+    p.add_argument("--lr", type=float, help="default: 1 for sgd, 1e-3 for adam")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="the labelled subset's sample and the classifier's init")
+    p.add_argument("--json", action="store_true")
+    _add_threads_option(p)
+    p.set_defaults(func=_cmd_probe)
     return parser
 
 

@@ -368,14 +368,14 @@ def _fake_run(recipe, au, nll=330.0, kl=0.0, mi=0.0):
 def test_published_table_and_verdict():
     runs = [_fake_run("vae", 0), _fake_run("beta", 4, kl=3.0, mi=1.5), _fake_run("cyclical", 0),
             _fake_run("pretrain-fb", 12, kl=8.0, mi=2.9), _fake_run("lm", None)]
-    runs[1]["test"].update(bleu_greedy_mean=12.34, bleu_beam_mean=13.0, bleu_greedy_sample=9.0, bleu_beam_sample=9.5)
+    runs[1]["test"].update(ss_acc_100=0.61, ss_acc_1000=0.705, bleu_greedy_mean=12.34, bleu_beam_mean=13.0, bleu_greedy_sample=9.0, bleu_beam_sample=9.5)
     runs[2]["model_config"] = "ptb-fu2019"
     table = reproduce.render_table(runs, config="yahoo", published="yahoo", budget=reproduce.BUDGETS["full"],
                                    data_info={"source": "x", "layout": "plain"}, device="cpu", iw_samples=500)
     row = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| `")}
     assert "328.6 / 0.0 / 0.0" in row["`vae`"] and "collapsed (AU 0)" in row["`vae`"]
     assert "328.5 / 3.8 / 2.2" in row["`beta`"] and "4 active units" in row["`beta`"]
-    assert "| 12.3 / 13.0 | 9.0 / 9.5 |" in row["`beta`"] and "| - | - |" in row["`vae`"]  # BLEU when measured
+    assert "| 12.3 / 13.0 | 9.0 / 9.5 | 0.610 / 0.705 |" in row["`beta`"] and "| - | - |" in row["`vae`"]  # BLEU when measured
     assert "`cyclical` trains `ptb-fu2019`" in table
     assert reproduce.collapse_verdict(_fake_run("cyclical", 1)) == "1 active unit"
     assert "not published" in row["`cyclical`"] and "not published" in row["`pretrain-fb`"]

@@ -204,3 +204,21 @@ def test_eval_reconstruction_bleu(trained, data_dir, capsys):
     rc = main(["eval", "--checkpoint", os.path.join(trained, "best.pt"), "--data", data_dir, "--iw-samples", "2",
                "--metrics", "rec", "--bleu"])
     assert rc == 0 and "bleu_beam_sample" in capsys.readouterr().out
+
+
+def test_probe_semi_supervised_classification(trained, data_dir, capsys):
+    rc = main(["probe", "--checkpoint", os.path.join(trained, "best.pt"), "--data", data_dir, "--num-labels", "10,40",
+               "--epochs", "2", "--json"])
+    assert rc == 0
+    result = last_json(capsys)
+    assert result["encoder"] == "frozen" and [r["num_labels"] for r in result["results"]] == [10, 40]
+    assert all(0.0 <= r["test_acc"] <= 1.0 for r in result["results"])
+    rc = main(["probe", "--checkpoint", os.path.join(trained, "best.pt"), "--data", data_dir, "--num-labels", "5",
+               "--epochs", "1", "--classifier", "mlp", "--finetune"])
+    assert rc == 0 and "5 labels: test accuracy" in capsys.readouterr().out
+    assert main(["probe", "--checkpoint", os.path.join(trained, "best.pt"), "--data", data_dir,
+                 "--num-labels", "100000"]) == 2
+    assert "more than the 120 sentences" in capsys.readouterr().err
+    assert main(["probe", "--checkpoint", os.path.join(trained, "best.pt"), "--data", data_dir,
+                 "--num-labels", "ten"]) == 2
+    assert "comma-separated positive ints" in capsys.readouterr().err
