@@ -147,12 +147,15 @@ class Trainer:
     `distributed`: a `fastvae.training.distributed.DistContext` (from `init_distributed()` under
     torchrun): every rank runs this trainer on its rows of each global batch; gradients and step
     statistics are all-reduced, evaluation is sharded, only rank 0 writes and prints.
+    `step_callbacks`: callables `fn(trainer)` run after every optimiser step, on every rank, in training mode
+    (for diagnostics; `fastvae.evaluation.inference_lag.PosteriorTracker` is one). They must not change the
+    model or draw from the global RNG if a resumed run is to stay bitwise equal.
     """
 
     def __init__(self, model, corpus, *, recipe: str = "vae", out_dir: str | None = None,
                  recipe_options: dict | None = None, corpus_info: dict | None = None,
                  distributed: DistContext | None = None, overwrite: bool = False, allow_changed_data: bool = False,
-                 **options):
+                 step_callbacks=(), **options):
         recipe_options = dict(recipe_options or {})
         train_options = {}
         for key, value in options.items():
@@ -178,6 +181,10 @@ class Trainer:
         self.overwrite = bool(overwrite)
         self.allow_changed_data = bool(allow_changed_data)
         self._stop_signal = None  # set by SIGINT/SIGTERM while fit() runs
+        self.step_callbacks = list(step_callbacks)
+        for callback in self.step_callbacks:
+            if not callable(callback):
+                raise ValueError(f"step_callbacks must be callables fn(trainer), got {type(callback).__name__}")
         self.dist = distributed if distributed is not None else SINGLE
         if not isinstance(self.dist, DistContext):
             raise ValueError(f"distributed must be a DistContext (fastvae.training.distributed.init_distributed()), "
@@ -643,6 +650,8 @@ class Trainer:
                 self.step += 1
                 self.global_step += 1
                 steps_done += 1
+                for callback in self.step_callbacks:
+                    callback(self)
                 if bar is not None:
                     bar.update(1)
                 if self.global_step % self.cfg.log_interval == 0:
