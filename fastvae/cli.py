@@ -137,7 +137,7 @@ def _train(args, ctx) -> int:
             raise ValueError(f"{last!r} holds a model only (no training state); --resume needs the last.pt of a run")
         cfg = saved["train_config"]
         recipe, recipe_options, config = cfg["recipe"], cfg["recipe_options"], cfg["config"]
-        train_options = {k: cfg[k] for k in _TRAIN_FLAGS if k != "plateau_decay"}
+        train_options = {k: cfg[k] for k in _TRAIN_FLAGS if k != "plateau_decay" and k in cfg}
         # runs saved before the option existed trained with plateau decay on
         train_options["plateau_decay"] = cfg.get("plateau_decay", True)
         info = saved["corpus"]

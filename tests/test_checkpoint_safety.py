@@ -136,9 +136,18 @@ def test_the_digest_covers_every_tensor_and_only_sealing_accepts_an_edit(run, tm
         read_checkpoint(str(tmp_path / "unsealed.pt"))
 
 
+def _as_format_2(ckpt: dict) -> dict:
+    """What fastvae wrote before format 3: no mi_batch_size option, no model family; sealed."""
+    old = dict(ckpt)
+    old["train_config"] = {k: v for k, v in old["train_config"].items() if k != "mi_batch_size"}
+    old["model_config"] = {k: v for k, v in old["model_config"].items() if k != "family"}
+    old["format_version"] = 2
+    return seal(old)
+
+
 def _as_format_1(ckpt: dict) -> dict:
     """What fastvae wrote before format 2: numpy's RNG tuple, the policy's epoch start on the trainer."""
-    old = dict(ckpt)
+    old = _as_format_2(ckpt)
     old.pop(DIGEST_KEY)
     old["format_version"] = 1
     rng = dict(old["rng"])
@@ -163,9 +172,15 @@ def test_a_format_1_checkpoint_is_migrated_and_resumes_like_its_twin(run, tmp_pa
     new = read_checkpoint(os.path.join(run["out"], "last.pt"))
     assert "epoch_start_inner_steps" in new["trainer"]["policy"]
     twins = {}
-    for version in (1, 2):
+    for version in (1, 2, 3):
         copy = tmp_path / f"format{version}"
         shutil.copytree(run["out"], copy)
+        if version == 2:
+            for name in ("last.pt", "best.pt"):
+                torch.save(_as_format_2(torch.load(copy / name, weights_only=True)), copy / name)
+            migrated = read_checkpoint(str(copy / "last.pt"))
+            assert migrated["format_version"] == FORMAT_VERSION == 3
+            assert migrated["train_config"]["mi_batch_size"] == 32 and migrated["model_config"]["family"] == "he2019"
         if version == 1:
             for name in ("last.pt", "best.pt"):
                 ckpt = torch.load(copy / name, weights_only=True)
@@ -179,6 +194,7 @@ def test_a_format_1_checkpoint_is_migrated_and_resumes_like_its_twin(run, tmp_pa
             assert torch.equal(migrated["rng"]["numpy"]["keys"], new["rng"]["numpy"]["keys"])
         assert main(["train", "--resume", str(copy), "--no-progress", "--json", "--examples", "0"]) == 0
         twins[version] = copy
-    assert _records(twins[1]) == _records(twins[2])
-    a, b = read_checkpoint(str(twins[1] / "last.pt")), read_checkpoint(str(twins[2] / "last.pt"))
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert _records(twins[1]) == _records(twins[2]) == _records(twins[3])
+    a, b, c = (read_checkpoint(str(twins[v] / "last.pt")) for v in (1, 2, 3))
+    assert all(torch.equal(a["model"][k], b["model"][k]) and torch.equal(a["model"][k], c["model"][k])
+               for k in a["model"])

@@ -12,9 +12,10 @@ the target (and the folder fsync'ed), so a crash never leaves a half-written che
 
 Safe to load from anyone: `read_checkpoint` unpickles with `torch.load(weights_only=True)`, which
 builds only tensors and plain Python values and refuses every other global, so a file cannot run
-code. Format 2 holds nothing else (the numpy RNG state is stored as a tensor and plain values),
-plus `tensor_sha256`, a digest of every tensor, checked on load. Older formats are migrated
-here, keyed on `format_version` (`_MIGRATIONS`), so the rest of fastvae sees format 2 only.
+code. Format 2 and later hold nothing else (the numpy RNG state is stored as a tensor and plain values),
+plus `tensor_sha256`, a digest of every tensor, checked on load. Format 3 adds `train_config["mi_batch_size"]`
+and `model_config["family"]`. Older formats are migrated here, keyed on `format_version` (`_MIGRATIONS`), so
+the rest of fastvae sees the current format only.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import tempfile
 import numpy as np
 import torch
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 DIGEST_KEY = "tensor_sha256"
 
 
@@ -194,7 +195,19 @@ def _migrate_1_to_2(ckpt: dict) -> None:
     ckpt["format_version"] = 2
 
 
-_MIGRATIONS = {1: _migrate_1_to_2}
+def _migrate_2_to_3(ckpt: dict) -> None:
+    """Format 2: no per-batch MI setting (mi_batch was formed over the evaluation batches; a resumed run uses the
+    papers' 32 from then on) and no model family (every model was He et al.'s)."""
+    config = ckpt.get("train_config")
+    if config is not None:
+        config.setdefault("mi_batch_size", 32)
+    model_config = ckpt.get("model_config")
+    if isinstance(model_config, dict):
+        model_config.setdefault("family", "he2019")
+    ckpt["format_version"] = 3
+
+
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def load_model(path: str, device: str | torch.device = "cpu"):
