@@ -135,12 +135,7 @@ def _train(args, ctx) -> int:
         saved = main_reads(lambda: read_checkpoint(last), ctx)
         if "trainer" not in saved or "train_config" not in saved:
             raise ValueError(f"{last!r} holds a model only (no training state); --resume needs the last.pt of a run")
-        cfg = saved["train_config"]
-        recipe, recipe_options, config = cfg["recipe"], cfg["recipe_options"], cfg["config"]
-        train_options = {k: cfg[k] for k in _TRAIN_FLAGS if k != "plateau_decay" and k in cfg}
-        # runs saved before the option existed trained with plateau decay on
-        train_options["plateau_decay"] = cfg.get("plateau_decay", True)
-        info = saved["corpus"]
+        info = saved["corpus"]  # the options come back in Trainer.from_checkpoint; the data is found here
         args.data, args.train, args.valid, args.test = info.get("data"), info.get("train"), info.get("valid"), \
             info.get("test")
         args.corpus = info.get("builtin")
@@ -177,11 +172,17 @@ def _train(args, ctx) -> int:
         print("fastvae train: data: " + ", ".join(
             f"{split} {row['sentences']:,} sentences (<unk> {row['unk_rate']:.1%})" for split, row in data_report.items())
             + f"; vocabulary {len(corpus.vocab):,}")
-    trainer = Trainer(None, corpus, recipe=recipe, out_dir=out, config=config, recipe_options=recipe_options,
-                      corpus_info=corpus_info, progress=not args.no_progress, verbose=not args.json,
-                      distributed=ctx, overwrite=args.overwrite, allow_changed_data=args.allow_changed_data,
-                      **train_options)
-    test = trainer.fit(resume=args.resume)
+    if args.resume:
+        trainer = Trainer.from_checkpoint(args.resume, corpus, corpus_info=corpus_info, distributed=ctx,
+                                          allow_changed_data=args.allow_changed_data,
+                                          progress=not args.no_progress, verbose=not args.json)
+        recipe = trainer.recipe.name
+    else:
+        trainer = Trainer(None, corpus, recipe=recipe, out_dir=out, config=config, recipe_options=recipe_options,
+                          corpus_info=corpus_info, progress=not args.no_progress, verbose=not args.json,
+                          distributed=ctx, overwrite=args.overwrite, allow_changed_data=args.allow_changed_data,
+                          **train_options)
+    test = trainer.fit()
     if not ctx.is_main:  # rank 0 reports
         return 0
     if args.json:

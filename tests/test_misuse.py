@@ -165,7 +165,13 @@ def test_resume_of_a_run_saved_before_plateau_decay_existed(run, tmp_path, monke
 
     resume_dir = tmp_path / "old"
     shutil.copytree(run["out"], resume_dir)
-    _edited_checkpoint(resume_dir / "last.pt", resume_dir / "last.pt", lambda c: c["train_config"].pop("plateau_decay"))
+    def as_format_2_without_the_option(c):  # what such a run wrote (format 2 or older; checkpoint.py migrates it)
+        for key in ("plateau_decay", "mi_batch_size"):
+            c["train_config"].pop(key)
+        c["model_config"].pop("family")
+        c["format_version"] = 2
+
+    _edited_checkpoint(resume_dir / "last.pt", resume_dir / "last.pt", as_format_2_without_the_option)
     seen = []
 
     class Recording(Trainer):

@@ -172,3 +172,29 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, mon
     Trainer(None, corpus, recipe="vae", out_dir=str(out), epochs=2, checkpoint_every=2, seed=1,
             **FAST).fit(resume=str(out))
     assert read_checkpoint(str(out / "last.pt"))["trainer"]["epoch"] == 2
+
+
+def test_trainer_from_checkpoint_continues_the_run_bitwise(corpus, tmp_path):
+    # one process: 2 of 3 epochs, then a trainer rebuilt from last.pt alone finishes the run; its records and
+    # weights equal an uninterrupted 3-epoch run's
+    options = dict(recipe="cyclical", cycles=2, epochs=3, seed=4, mi_batch_size=8, **FAST)
+    whole = Trainer(None, corpus, out_dir=str(tmp_path / "whole"), **options)
+    whole.fit()
+    def stop_in_the_third_epoch(trainer):  # as a crash would: last.pt holds the end of epoch 2
+        if trainer.global_step == 2 * steps_per_epoch + 2:
+            raise RuntimeError("stopped on purpose")
+
+    part = Trainer(None, corpus, out_dir=str(tmp_path / "part"), step_callbacks=[stop_in_the_third_epoch], **options)
+    steps_per_epoch = len(part._epoch_batches())
+    with pytest.raises(RuntimeError, match="on purpose"):
+        part.fit()
+    again = Trainer.from_checkpoint(str(tmp_path / "part"), corpus)
+    assert again.cfg.mi_batch_size == 8 and again.recipe.name == "cyclical" and again.cfg.recipe_options["cycles"] == 2
+    assert again.out_dir == str(tmp_path / "part")
+    again.fit()
+    assert [r["epoch"] for r in again.history] == [r["epoch"] for r in whole.history]
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(value, again.model.state_dict()[key]), key
+    torch.save({"format_version": 3, "model": {}}, tmp_path / "model_only.pt")
+    with pytest.raises(ValueError):
+        Trainer.from_checkpoint(str(tmp_path / "model_only.pt"), corpus)

@@ -201,6 +201,7 @@ def _migrate_2_to_3(ckpt: dict) -> None:
     config = ckpt.get("train_config")
     if config is not None:
         config.setdefault("mi_batch_size", 32)
+        config.setdefault("plateau_decay", True)  # runs written before the option existed decayed on plateau
     model_config = ckpt.get("model_config")
     if isinstance(model_config, dict):
         model_config.setdefault("family", "he2019")

@@ -744,12 +744,44 @@ class Trainer:
         return line
 
     # ----------------------------------------------------------------- public
+    @classmethod
+    def from_checkpoint(cls, path: str, corpus, *, corpus_info: dict | None = None,
+                        distributed: DistContext | None = None, allow_changed_data: bool = False,
+                        progress: bool | None = None, verbose: bool | None = None, step_callbacks=()) -> "Trainer":
+        """The trainer of the run that wrote `path` (its run directory or `last.pt`), rebuilt from the checkpoint
+        alone: recipe, recipe options, every training option and the model config as the run had them (migrated
+        from older formats by `checkpoint.py`). `fit()` then continues the run exactly where it stopped. `corpus`
+        must be the run's data (its vocabulary and, with `corpus_info`, its file fingerprints are checked);
+        `progress`/`verbose` may differ (they change no result)."""
+        from ..models.config import ModelConfig
+
+        last = os.path.join(path, "last.pt") if os.path.isdir(path) else path
+        dist = distributed if distributed is not None else SINGLE
+        saved = main_reads(lambda: read_checkpoint(last), dist)
+        if "trainer" not in saved or "train_config" not in saved:
+            raise ValueError(f"{last!r} holds a model only (no training state); resuming needs the last.pt of a run")
+        cfg = dict(saved["train_config"])
+        options = {k: v for k, v in cfg.items() if k in _TRAIN_FIELDS and k not in ("recipe", "recipe_options")}
+        options["config"] = ModelConfig.from_dict(saved["model_config"])  # the run's model, named or not
+        for name, value in (("progress", progress), ("verbose", verbose)):
+            if value is not None:
+                options[name] = value
+        out_dir = os.path.dirname(os.path.abspath(last))
+        trainer = cls(None, corpus, recipe=cfg["recipe"], out_dir=out_dir, recipe_options=cfg["recipe_options"],
+                      corpus_info=corpus_info, distributed=distributed, allow_changed_data=allow_changed_data,
+                      step_callbacks=step_callbacks, **options)
+        trainer._resume_path = last
+        return trainer
+
     def fit(self, resume: str | None = None) -> dict:
         """Runs every phase, then evaluates the best checkpoint on the test split; returns its metrics.
 
         `resume`: a `last.pt` (or run directory) written by this trainer; training continues exactly
-        where it stopped (same phase, epoch, batch position, optimiser, RNG and recipe state).
+        where it stopped (same phase, epoch, batch position, optimiser, RNG and recipe state). A trainer from
+        `Trainer.from_checkpoint` resumes its run without it.
         """
+        if resume is None:
+            resume = getattr(self, "_resume_path", None)
         lock = None
         if self.out_dir is not None:
             def open_run():  # rank 0 writes the run, so rank 0 holds its lock; every rank sees a refusal
