@@ -174,7 +174,7 @@ def _train(args, ctx) -> int:
             + f"; vocabulary {len(corpus.vocab):,}")
     if args.resume:
         trainer = Trainer.from_checkpoint(args.resume, corpus, corpus_info=corpus_info, distributed=ctx,
-                                          allow_changed_data=args.allow_changed_data,
+                                          allow_changed_data=args.allow_changed_data, checkpoint=saved,
                                           progress=not args.no_progress, verbose=not args.json)
         recipe = trainer.recipe.name
     else:
@@ -318,12 +318,12 @@ def _cmd_lag(args) -> int:
     from .data import synthetic_corpus
     from .evaluation.inference_lag import PosteriorTracker, plot_inference_lag
     from .training import Trainer
+    from .training.recipes import RECIPE_NAMES
 
+    vae_recipes = [r for r in RECIPE_NAMES if r != "lm"]
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
-    bad = [r for r in recipes if r not in ("vae", "beta", "cyclical", "aggressive", "pretrain-fb")]
-    if bad or not recipes:
-        raise ValueError(f"--recipes {args.recipes!r}: expected VAE recipes among vae, beta, cyclical, aggressive, "
-                         "pretrain-fb")
+    if not recipes or any(r not in vae_recipes for r in recipes):
+        raise ValueError(f"--recipes {args.recipes!r}: expected VAE recipes among {', '.join(vae_recipes)}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out!r} is a file, not a directory")
     os.makedirs(args.out, exist_ok=True)

@@ -160,7 +160,8 @@ def check_mi_batch_size(value) -> int:
     return value
 
 
-def per_batch_mutual_information(mu: torch.Tensor, logvar: torch.Tensor, lengths, batch_size: int = 32, *,
+def per_batch_mutual_information(mu: torch.Tensor, logvar: torch.Tensor, lengths,
+                                 batch_size: int = DEFAULT_MI_BATCH_SIZE, *,
                                  generator: torch.Generator | None = None) -> torch.Tensor:
     """He et al.'s per-batch MI (their `calc_mi`): the split's rows are cut into the reference batches
     (`bucket_groups`: equal lengths, at most `batch_size` rows), I_q(x; z) is estimated inside each batch

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..data import make_batches
 from ..data.corpus import TextDataset
+from .metrics import posterior_stats
 
 CLASSIFIERS = ("linear", "mlp")
 PAPER_LABEL_COUNTS = (100, 500, 1000, 2000, 10000)
@@ -84,20 +85,6 @@ def _score(classifier, dataset, device, features=None, batch_size=128):
     return loss / len(dataset), correct / len(dataset)
 
 
-@torch.no_grad()
-def _posterior_means(encoder, dataset, device, batch_size=128):
-    was_training = encoder.training
-    encoder.eval()
-    out = None
-    for batch in make_batches(dataset, batch_size, mode="bucket", shuffle=False):
-        batch = batch.to(device)
-        mu = encoder(batch.tokens, batch.lengths)[0].float()
-        out = mu.new_empty(len(dataset), mu.shape[1]) if out is None else out
-        out[batch.indices] = mu
-    encoder.train(was_training)
-    return out
-
-
 def semi_supervised_accuracy(model, train: TextDataset, valid: TextDataset, test: TextDataset, *,
                              num_labels: int = 100, classifier: str = "linear", freeze_encoder: bool = True,
                              epochs: int = 100, batch_size: int = 16, optimizer: str = "sgd", lr: float | None = None,
@@ -128,8 +115,9 @@ def semi_supervised_accuracy(model, train: TextDataset, valid: TextDataset, test
 
     opt = new_optimizer(lr)
     shuffle = torch.Generator().manual_seed(seed + 1)
-    # a frozen encoder is deterministic (no dropout in it): its posterior means are computed once
-    cached = {name: _posterior_means(net.encoder, split, device) for name, split in
+    # a frozen encoder is the VAE's own (a copy of it) and deterministic (no dropout in it): its posterior means
+    # are computed once, by the evaluator's posterior_stats
+    cached = {name: posterior_stats(model, split, device=device, batch_mode="bucket")[0].float() for name, split in
               (("train", subset), ("valid", valid), ("test", test))} if freeze_encoder else {}
     best_loss, best_state, best_epoch = math.inf, None, None
     previous, not_improved, decays, epochs_run = math.inf, 0, 0, 0

@@ -463,8 +463,8 @@ def distributed_evaluate(model, dataset, ctx: DistContext, *, batch_size: int = 
                          au_threshold: float = 0.01, mi_batch_size: int = 32) -> dict:
     """`fastvae.evaluation.evaluate` over the union of all ranks' shards; the same dict on every rank.
 
-    Per-sentence metrics are reduced as sums over sentences (and tokens for ppl); whole-set MI, AU
-    MI (whole-set and per-batch, the latter over the split's own reference batches of `mi_batch_size`), AU and
+    Per-sentence metrics are reduced as sums over sentences (and tokens for ppl); MI (whole-set and per-batch,
+    the latter over the split's own reference batches of `mi_batch_size`), AU and
     the linear probe are computed from the gathered posterior rows of the whole split, in its order (so both
     MI estimates are exactly the single-process values for the same `generator` seed).
     IW-NLL and the one-sample rec draw their noise per rank: the same estimator, other draws."""

@@ -181,6 +181,7 @@ class Trainer:
         self.overwrite = bool(overwrite)
         self.allow_changed_data = bool(allow_changed_data)
         self._stop_signal = None  # set by SIGINT/SIGTERM while fit() runs
+        self._resume_path = self._resume_checkpoint = None  # set by from_checkpoint
         self.step_callbacks = list(step_callbacks)
         for callback in self.step_callbacks:
             if not callable(callback):
@@ -747,17 +748,19 @@ class Trainer:
     @classmethod
     def from_checkpoint(cls, path: str, corpus, *, corpus_info: dict | None = None,
                         distributed: DistContext | None = None, allow_changed_data: bool = False,
-                        progress: bool | None = None, verbose: bool | None = None, step_callbacks=()) -> "Trainer":
+                        progress: bool | None = None, verbose: bool | None = None, step_callbacks=(),
+                        checkpoint: dict | None = None) -> "Trainer":
         """The trainer of the run that wrote `path` (its run directory or `last.pt`), rebuilt from the checkpoint
         alone: recipe, recipe options, every training option and the model config as the run had them (migrated
         from older formats by `checkpoint.py`). `fit()` then continues the run exactly where it stopped. `corpus`
         must be the run's data (its vocabulary and, with `corpus_info`, its file fingerprints are checked);
-        `progress`/`verbose` may differ (they change no result)."""
+        `progress`/`verbose` may differ (they change no result). `checkpoint`: the file's contents when the caller has
+        already read it (`read_checkpoint`); it is then not read again, neither here nor by `fit()`."""
         from ..models.config import ModelConfig
 
         last = os.path.join(path, "last.pt") if os.path.isdir(path) else path
         dist = distributed if distributed is not None else SINGLE
-        saved = main_reads(lambda: read_checkpoint(last), dist)
+        saved = checkpoint if checkpoint is not None else main_reads(lambda: read_checkpoint(last), dist)
         if "trainer" not in saved or "train_config" not in saved:
             raise ValueError(f"{last!r} holds a model only (no training state); resuming needs the last.pt of a run")
         cfg = dict(saved["train_config"])
@@ -770,7 +773,7 @@ class Trainer:
         trainer = cls(None, corpus, recipe=cfg["recipe"], out_dir=out_dir, recipe_options=cfg["recipe_options"],
                       corpus_info=corpus_info, distributed=distributed, allow_changed_data=allow_changed_data,
                       step_callbacks=step_callbacks, **options)
-        trainer._resume_path = last
+        trainer._resume_path, trainer._resume_checkpoint = last, saved
         return trainer
 
     def fit(self, resume: str | None = None) -> dict:
@@ -781,7 +784,7 @@ class Trainer:
         `Trainer.from_checkpoint` resumes its run without it.
         """
         if resume is None:
-            resume = getattr(self, "_resume_path", None)
+            resume = self._resume_path
         lock = None
         if self.out_dir is not None:
             def open_run():  # rank 0 writes the run, so rank 0 holds its lock; every rank sees a refusal
@@ -877,7 +880,9 @@ class Trainer:
 
     def _restore(self, resume: str) -> None:
         path = os.path.join(resume, "last.pt") if os.path.isdir(resume) else resume
-        ckpt = main_reads(lambda: read_checkpoint(path), self.dist)
+        held, self._resume_checkpoint = self._resume_checkpoint, None  # from_checkpoint's copy, used once
+        ckpt = held if held is not None and path == self._resume_path else main_reads(lambda: read_checkpoint(path),
+                                                                                       self.dist)
         if "trainer" not in ckpt:
             raise ValueError(f"{path!r} holds a model only (no training state); resume needs a last.pt")
         if ckpt["vocab"] != self.corpus.vocab.to_dict():
