@@ -111,10 +111,22 @@ def want_cuda():
 EXTRA_CXX_FLAGS = ["-O3"]
 
 
+def package_version() -> str:
+    """__version__ from fastvae/__init__.py, read without importing fastvae (it needs _C); pyproject.toml reads
+    the same line (tool.setuptools.dynamic), so the version is written once."""
+    import ast
+
+    with open(ROOT / "fastvae" / "__init__.py") as handle:
+        for node in ast.parse(handle.read()).body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__version__" for t in node.targets):
+                return ast.literal_eval(node.value)
+    raise RuntimeError("fastvae/__init__.py does not set __version__")
+
+
 def write_build_info(with_cuda):
     import platform
     info = {
-        "version": "0.1.0",
+        "version": package_version(),
         "torch_version": torch.__version__,
         "torch_cuda_version": torch.version.cuda,
         "with_cuda": with_cuda,
@@ -153,8 +165,7 @@ ext = Extension(
 )
 
 setup(
-    packages=find_packages(include=["fastvae", "fastvae.*"]) + ["fastvae.kernels"],
-    package_dir={"fastvae": "fastvae", "fastvae.kernels": "kernels"},
+    packages=find_packages(include=["fastvae", "fastvae.*"]),
     ext_modules=[ext],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

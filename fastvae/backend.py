@@ -1,4 +1,4 @@
-"""Which implementation an op runs: the one place that decides.
+"""Which implementation an op runs: the one place that decides, and the one that imports the kernels.
 
 Every op has a plain-torch reference. Some also have a Triton kernel (used for CUDA
 tensors when Triton can compile for the GPU) and some a compiled `fastvae._C` kernel
@@ -6,14 +6,20 @@ tensors when Triton can compile for the GPU) and some a compiled `fastvae._C` ke
 
   1. Triton, for CUDA tensors, when the op has a Triton kernel and Triton works here;
   2. the compiled `_C` op, when the op has one and `_C` was built for that device;
-  3. the plain-torch reference otherwise (and always while `torch.compile` is tracing
-     a Triton-backed op; the `_C` ops have fake kernels and stay traceable).
+  3. the plain-torch reference otherwise.
 
 `FASTVAE_BACKEND=torch|triton|cpp|auto` overrides. A named backend applies to the ops
 that implement it; the others keep their `auto` choice. A named backend that is not
 installed raises `BackendUnavailable` with the command that fixes it. Triton on CPU
 tensors runs in interpreter mode (`TRITON_INTERPRET=1`), slowly; fastvae turns the
 interpreter on when `FASTVAE_BACKEND=triton` is set on a machine without a GPU.
+
+Under `torch.compile` the same decision is made once, when a graph is traced (the choice is
+a constant of the graph: changing FASTVAE_BACKEND afterwards does not retrace it). Both fast
+paths are custom ops with fake kernels and autograd (`torch.ops.fastvae.*_triton` from
+`fastvae.kernels`, the `_C` ops from `csrc/`), so a compiled graph holds the kernel calls.
+The kernel modules are imported here only (`implementation`), after the interpreter switch:
+`@triton.jit` reads TRITON_INTERPRET when a kernel module is imported.
 """
 from __future__ import annotations
 
@@ -24,7 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-BACKENDS = ("auto", "torch", "triton", "cpp")
+AUTO, TORCH, TRITON, CPP = "auto", "torch", "triton", "cpp"
+BACKENDS = (AUTO, TORCH, TRITON, CPP)
 REBUILD_COMMAND = "pip install --no-build-isolation -e .   (from the fastvae checkout)"
 CUDA_REBUILD_COMMAND = "FASTVAE_CUDA=1 pip install --no-build-isolation -e ."
 
@@ -35,17 +42,23 @@ class BackendUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class OpInfo:
+    """An op and its fast paths. `kernels`: the module of `fastvae.kernels` that holds `<name>_reference` (and,
+    with `triton`, `<name>_triton`); `triton_backward=False`: the Triton kernel is forward-only, so a call that
+    needs a gradient runs the reference."""
     name: str
     triton: bool
     cpp: bool
+    kernels: str | None = None
+    triton_backward: bool = True
 
 
 OPS: dict[str, OpInfo] = {}
 
 
-def register_op(name: str, *, triton: bool = False, cpp: bool = False) -> OpInfo:
+def register_op(name: str, *, triton: bool = False, cpp: bool = False, kernels: str | None = None,
+                triton_backward: bool = True) -> OpInfo:
     """Declare an op and which fast paths it has (the torch reference always exists)."""
-    info = OpInfo(name, triton, cpp)
+    info = OpInfo(name, triton, cpp, kernels, triton_backward)
     OPS[name] = info
     return info
 
@@ -168,8 +181,8 @@ def triton_gpu_available() -> bool:
 def _kernels_imported() -> bool:
     import sys
 
-    # kernels/__init__.py defines no kernels; a submodule import means @triton.jit already ran.
-    return any(name.startswith("fastvae.kernels.") for name in sys.modules)
+    # every module with @triton.jit kernels imports _common (dtypes.py and free_bits.py do not)
+    return "fastvae.kernels._common" in sys.modules
 
 
 def _triton_installed() -> bool:
@@ -181,6 +194,19 @@ def _triton_installed() -> bool:
     return "triton" in sys.modules or importlib.util.find_spec("triton") is not None
 
 
+def _switch_interpreter_on() -> bool:
+    """The one place that sets TRITON_INTERPRET=1 (for Triton on CPU tensors). It is read when triton.language
+    and each kernel module are imported, so it only works before that; returns whether the interpreter is on."""
+    import sys
+
+    if triton_interpreter():
+        return True
+    if _kernels_imported() or "triton.language" in sys.modules:
+        return False
+    os.environ["TRITON_INTERPRET"] = "1"
+    return True
+
+
 def require_triton(device_type: str) -> None:
     too_old = triton_too_old()
     if too_old:
@@ -188,14 +214,11 @@ def require_triton(device_type: str) -> None:
     if device_type == "cpu":
         if not _triton_installed():
             raise BackendUnavailable("Triton is not installed; install it with: pip install triton")
-        if not triton_interpreter():
-            import sys
-
-            if _kernels_imported() or "triton.language" in sys.modules:
-                raise BackendUnavailable(
-                    "Triton kernels on CPU tensors need the interpreter, but Triton was already imported in "
-                    "compiled mode: set TRITON_INTERPRET=1 before importing fastvae")
-            os.environ["TRITON_INTERPRET"] = "1"  # read when triton.language and the kernels are imported
+        if not _switch_interpreter_on():
+            raise BackendUnavailable(
+                "Triton kernels on CPU tensors need the interpreter, but Triton was already imported in "
+                "compiled mode: set TRITON_INTERPRET=1 before importing fastvae (and before torch.compile, "
+                "which imports Triton)")
         if not triton_importable():
             raise BackendUnavailable("Triton is installed but does not import; reinstall it with: pip install triton")
         return
@@ -212,34 +235,81 @@ def require_triton(device_type: str) -> None:
 
 
 # ---------------------------------------------------------------- selection
-def _is_compiling() -> bool:
-    try:
-        return torch.compiler.is_compiling()
-    except AttributeError:  # older torch
-        return False
+def _constant_when_traced(fn):
+    """`torch.compiler.assume_constant_result(fn)`, without its `import torch._dynamo`: that import loads
+    triton.language, which must wait until fastvae has decided on the interpreter. The public decorator sets
+    only this attribute (torch 2.5 to 2.14); tests/test_compile.py checks that traced graphs hold the choice."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_constant_when_traced
+def _decide(triton: bool, cpp: bool, device_type: str) -> str:
+    """The choice itself. Under torch.compile this runs once per trace, in plain Python, and its result is a
+    constant of the graph (it reads the environment and imports lazily, which tracing could not follow)."""
+    wanted = requested_backend()
+    if wanted == TORCH:
+        return TORCH
+    if wanted == TRITON and triton:
+        require_triton(device_type)
+        return TRITON
+    if wanted == CPP and cpp:
+        require_cpp(device_type)
+        return CPP
+    # auto, or a named backend this op does not implement
+    if triton and device_type == "cuda" and triton_gpu_available():
+        return TRITON
+    if cpp and cpp_available(device_type):
+        return CPP
+    return TORCH
 
 
 def select(op: str | OpInfo, device: torch.device | str) -> str:
     """The backend ('triton', 'cpp' or 'torch') that `op` uses for tensors on `device`."""
     info = OPS[op] if isinstance(op, str) else op
-    device_type = torch.device(device).type
-    wanted = requested_backend()
-    if wanted == "torch":
-        return "torch"
-    if wanted == "triton" and info.triton:
-        if _is_compiling():
-            return "torch"
-        require_triton(device_type)
-        return "triton"
-    if wanted == "cpp" and info.cpp:
-        require_cpp(device_type)
-        return "cpp"
-    # auto, or a named backend this op does not implement
-    if info.triton and device_type == "cuda" and triton_gpu_available() and not _is_compiling():
-        return "triton"
-    if info.cpp and cpp_available(device_type):
-        return "cpp"
-    return "torch"
+    return _decide(info.triton, info.cpp, torch.device(device).type)
+
+
+@_constant_when_traced
+def _load_kernels(name: str, device_type: str) -> bool:
+    """Import `fastvae.kernels.<name>`. With FASTVAE_BACKEND=triton and CPU tensors the interpreter goes on first,
+    even for an op without a Triton kernel (its module imports Triton too, and a later Triton op could not run
+    interpreted). The module is then read as an attribute of the package, which tracing can follow (a dict
+    filled here could not: torch.compile would not see the entries this adds)."""
+    if device_type == "cpu" and requested_backend() == TRITON and not triton_too_old() and _triton_installed():
+        _switch_interpreter_on()  # when it is too late, the Triton op's own selection says so
+    importlib.import_module(f"fastvae.kernels.{name}")
+    return True
+
+
+def _kernel_package():
+    import fastvae.kernels  # its __init__ imports nothing: no Triton here
+
+    return fastvae.kernels
+
+
+def _kernel_function(info: OpInfo, device_type: str, suffix: str):
+    if info.kernels is None:
+        raise ValueError(f"op {info.name!r} has no kernel module")
+    _load_kernels(info.kernels, device_type)
+    return getattr(getattr(_kernel_package(), info.kernels), f"{info.name}_{suffix}")
+
+
+def implementation(op: str | OpInfo, device: torch.device | str, *, needs_grad: bool = False):
+    """The function that runs a kernel-module op for tensors on `device`: `<name>_triton` when Triton is
+    selected (and, for a forward-only kernel, no gradient is needed), else `<name>_reference`."""
+    info = OPS[op] if isinstance(op, str) else op
+    if needs_grad and not info.triton_backward:
+        choice = TORCH  # the Triton kernel cannot carry the gradient; not even asked for
+    else:
+        choice = select(info, device)
+    return _kernel_function(info, torch.device(device).type, "triton" if choice == TRITON else "reference")
+
+
+def reference(op: str | OpInfo, device: torch.device | str = "cpu"):
+    """The plain-torch reference of a kernel-module op (what benchmarks and tests compare against)."""
+    info = OPS[op] if isinstance(op, str) else op
+    return _kernel_function(info, torch.device(device).type, "reference")
 
 
 def default_backends(device_type: str) -> dict[str, str]:

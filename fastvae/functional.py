@@ -2,8 +2,8 @@
 
 Every function takes the posterior parameters `mu`, `logvar` of shape [B, D] (any floating
 dtype; float16/bfloat16 compute in float32), validates them, and runs on the backend that
-`fastvae.backend` selects per call: Triton kernels (`fastvae.kernels`) for CUDA tensors, the
-plain-torch reference otherwise. Semantics are those of the published recipes (Li et al.'s
+`fastvae.backend` selects per call: Triton kernels (`fastvae.kernels`, custom ops that
+`torch.compile` keeps in its graphs) for CUDA tensors, the plain-torch reference otherwise. Semantics are those of the published recipes (Li et al.'s
 free bits, He et al.'s and Li et al.'s MI estimators), written out in each docstring.
 
 Dtypes: elementwise results (z, kl_per_dim) keep the input dtype; reductions (losses, log
@@ -16,46 +16,26 @@ across backends.
 """
 from __future__ import annotations
 
-import importlib
 import math
 import numbers
-import os
-import sys
 
 import torch
 
 from . import backend
+from .kernels.dtypes import compute_dtype
+from .kernels.free_bits import FREE_BITS_MODES
 
-FREE_BITS_MODES = ("none", "sentence", "dim", "batch", "kingma")
-
-OP_REPARAMETERIZE = backend.register_op("reparameterize", triton=True)
-OP_KL_PER_DIM = backend.register_op("kl_per_dim")
-OP_FREE_BITS_KL = backend.register_op("free_bits_kl", triton=True)
-OP_SAMPLE_AND_KL = backend.register_op("sample_and_kl", triton=True)
-OP_GAUSSIAN_LOG_PROB = backend.register_op("gaussian_log_prob", triton=True)
-OP_MUTUAL_INFORMATION = backend.register_op("mutual_information", triton=True)
+OP_REPARAMETERIZE = backend.register_op("reparameterize", triton=True, kernels="reparameterize")
+OP_KL_PER_DIM = backend.register_op("kl_per_dim", kernels="kl_free_bits")
+OP_FREE_BITS_KL = backend.register_op("free_bits_kl", triton=True, kernels="kl_free_bits")
+OP_SAMPLE_AND_KL = backend.register_op("sample_and_kl", triton=True, kernels="sample_and_kl")
+OP_GAUSSIAN_LOG_PROB = backend.register_op("gaussian_log_prob", triton=True, kernels="gaussian_log_prob")
+OP_MUTUAL_INFORMATION = backend.register_op("mutual_information", triton=True, kernels="mutual_information",
+                                            triton_backward=False)
 OP_ACTIVE_UNITS = backend.register_op("active_units")
 
 __all__ = ["reparameterize", "kl_per_dim", "free_bits_kl", "sample_and_kl", "gaussian_log_prob",
            "standard_normal_log_prob", "mutual_information", "active_units", "FREE_BITS_MODES"]
-
-
-def _interpreter_first(device: torch.device) -> None:
-    """With FASTVAE_BACKEND=triton and CPU tensors, switch the Triton interpreter on before anything
-    imports triton: `triton.language` builds its own @jit helpers (tl.zeros, tl.sum, ...) at import
-    time, and built in compiled mode they cannot run inside interpreted kernels, so the switch that
-    fastvae.backend makes later (after importing triton) would come too late."""
-    if (device.type == "cpu" and "triton" not in sys.modules and backend.requested_backend() == "triton"
-            and not backend.triton_interpreter()):
-        os.environ["TRITON_INTERPRET"] = "1"
-
-
-def _kernels(name: str, device: torch.device):
-    """The kernel module `fastvae.kernels.<name>` (kernels and references), imported on first use,
-    after the backend has had the chance to switch the Triton interpreter on (`@triton.jit` reads
-    TRITON_INTERPRET when a kernel module is imported)."""
-    _interpreter_first(device)
-    return importlib.import_module(f"fastvae.kernels.{name}")
 
 
 # ---------------------------------------------------------------- validation
@@ -111,7 +91,7 @@ def _check_free_bits(fn: str, target, mode) -> float:
 
 def _draw_noise(fn: str, mu, nsamples: int, generator) -> torch.Tensor:
     batch, dims = mu.shape
-    dtype = torch.float64 if mu.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(mu.dtype)
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"{fn}: generator must be a torch.Generator, got {type(generator).__name__}")
@@ -135,13 +115,7 @@ def reparameterize(mu, logvar, nsamples: int = 1, generator=None):
     _check_posterior(fn, mu, logvar)
     nsamples = _check_nsamples(fn, nsamples)
     eps = _draw_noise(fn, mu, nsamples, generator)
-    _interpreter_first(mu.device)
-    use_triton = backend.select(OP_REPARAMETERIZE, mu.device) == "triton"
-    module = _kernels("reparameterize", mu.device)
-    if use_triton:
-        z = module.ReparameterizeFunction.apply(mu, logvar, eps)
-    else:
-        z = module.reparameterize_reference(mu, logvar, eps)
+    z = backend.implementation(OP_REPARAMETERIZE, mu.device)(mu, logvar, eps)
     return _shape_samples(z, nsamples)
 
 
@@ -150,8 +124,8 @@ def kl_per_dim(mu, logvar):
 
     KL_ij = 0.5 * (mu_ij^2 + exp(logvar_ij) - logvar_ij - 1); differentiable (elementwise torch)."""
     _check_posterior("kl_per_dim", mu, logvar)
-    backend.select(OP_KL_PER_DIM, mu.device)  # torch on every device: elementwise, no kernel of its own
-    return _kernels("kl_free_bits", mu.device).kl_per_dim_reference(mu, logvar).to(mu.dtype)
+    # torch on every device: elementwise, no kernel of its own
+    return backend.implementation(OP_KL_PER_DIM, mu.device)(mu, logvar).to(mu.dtype)
 
 
 def _free_bits_doc(fn):
@@ -178,13 +152,7 @@ def free_bits_kl(mu, logvar, target: float = 0.0, mode: str = "none"):
     fn = "free_bits_kl"
     _check_posterior(fn, mu, logvar)
     target = _check_free_bits(fn, target, mode)
-    _interpreter_first(mu.device)
-    use_triton = backend.select(OP_FREE_BITS_KL, mu.device) == "triton"
-    module = _kernels("kl_free_bits", mu.device)
-    if use_triton:
-        loss, _ = module.FreeBitsKLFunction.apply(mu, logvar, target, mode)
-        return loss
-    return module.free_bits_kl_reference(mu, logvar, target, mode)[0]
+    return backend.implementation(OP_FREE_BITS_KL, mu.device)(mu, logvar, target, mode)[0]
 
 
 @_free_bits_doc
@@ -213,14 +181,8 @@ def sample_and_kl(mu, logvar, nsamples: int = 1, target: float = 0.0, mode: str 
                              f"got {list(eps.shape)}")
         if eps.device != mu.device:
             raise ValueError(f"{fn}: eps and mu must be on the same device, got {eps.device} and {mu.device}")
-        eps = eps.to(torch.float64 if mu.dtype == torch.float64 else torch.float32).contiguous()
-    _interpreter_first(mu.device)
-    use_triton = backend.select(OP_SAMPLE_AND_KL, mu.device) == "triton"
-    module = _kernels("sample_and_kl", mu.device)
-    if use_triton:
-        z, loss, kl_mean = module.SampleAndKLFunction.apply(mu, logvar, eps, target, mode)
-    else:
-        z, loss, kl_mean = module.sample_and_kl_reference(mu, logvar, eps, target, mode)
+        eps = eps.to(compute_dtype(mu.dtype)).contiguous()
+    z, loss, kl_mean = backend.implementation(OP_SAMPLE_AND_KL, mu.device)(mu, logvar, eps, target, mode)
     return _shape_samples(z, nsamples), loss, kl_mean
 
 
@@ -238,13 +200,7 @@ def _check_samples(fn: str, z, mu=None, logvar=None):
 def _log_prob(op, z, mu, logvar):
     squeeze = z.dim() == 2
     z3 = z.unsqueeze(1) if squeeze else z
-    _interpreter_first(z.device)
-    use_triton = backend.select(op, z.device) == "triton"
-    module = _kernels("gaussian_log_prob", z.device)
-    if use_triton:
-        out = module.GaussianLogProbFunction.apply(z3, mu, logvar)
-    else:
-        out = module.gaussian_log_prob_reference(z3, mu, logvar)
+    out = backend.implementation(op, z.device)(z3, mu, logvar)
     return out.squeeze(1) if squeeze else out
 
 
@@ -295,12 +251,7 @@ def mutual_information(mu, logvar, z=None, *, batch_size=None, generator=None):
         if z.device != mu.device:
             raise ValueError(f"{fn}: z and mu must be on the same device, got {z.device} and {mu.device}")
     needs_grad = torch.is_grad_enabled() and (mu.requires_grad or logvar.requires_grad or z.requires_grad)
-    _interpreter_first(mu.device)
-    use_triton = not needs_grad and backend.select(OP_MUTUAL_INFORMATION, mu.device) == "triton"
-    module = _kernels("mutual_information", mu.device)
-    if use_triton:
-        return module.mutual_information_fwd(z, mu, logvar, segment)
-    return module.mutual_information_reference(z, mu, logvar, segment)
+    return backend.implementation(OP_MUTUAL_INFORMATION, mu.device, needs_grad=needs_grad)(z, mu, logvar, segment)
 
 
 def active_units(mu, threshold: float = 0.01):
@@ -315,7 +266,7 @@ def active_units(mu, threshold: float = 0.01):
         raise ValueError(f"{fn}: the unbiased variance needs at least 2 rows of mu, got {mu.shape[0]}")
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not threshold >= 0:
         raise ValueError(f"{fn}: threshold must be a number >= 0, got {threshold!r}")
-    backend.select(OP_ACTIVE_UNITS, mu.device)  # torch on every device (one reduction)
-    mu_c = mu.detach().to(torch.float64 if mu.dtype == torch.float64 else torch.float32)
+    # torch on every device (one reduction)
+    mu_c = mu.detach().to(compute_dtype(mu.dtype))
     var = mu_c.var(dim=0, unbiased=True)
     return int((var >= threshold).sum().item()), var

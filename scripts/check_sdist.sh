@@ -38,7 +38,7 @@ tar -tzf "$sdist" | sed 's|^fastvae-[^/]*/||' > "$WORK/dist/contents.txt"
 say "$(basename "$sdist"): $(wc -l < "$WORK/dist/contents.txt") files"
 has() { grep -qxF "$1" "$WORK/dist/contents.txt" || { say "FAILED: the sdist lacks $1"; exit 1; }; }
 for needed in setup.py pyproject.toml MANIFEST.in csrc/sources.txt csrc/ops.cpp buildtools/cuda_toolkit.py \
-              kernels/__init__.py; do
+              fastvae/kernels/__init__.py; do
   has "$needed"
 done
 for source in $(awk '!/^#/ && NF >= 2 {print $2}' "$ROOT/csrc/sources.txt"); do  # every file setup.py compiles
@@ -70,7 +70,7 @@ from fastvae import backend
 here = os.path.dirname(fastvae.__file__)
 assert "site-packages" in here, f"fastvae imported from {here}, not from the installed wheel"
 assert backend.cpp_available("cpu"), backend.compiled_core_error()
-import fastvae.kernels  # noqa: F401  the Triton kernels (package fastvae.kernels, folder kernels/ in the sdist)
+import fastvae.kernels  # noqa: F401  the Triton kernels (fastvae/kernels/)
 print(f"[sdist] imported fastvae {fastvae.__version__} from {here}")
 EOF
 "$WORK/user-env/bin/python" -m fastvae.info

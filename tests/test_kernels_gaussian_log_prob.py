@@ -1,4 +1,4 @@
-"""kernels/gaussian_log_prob.py: fused Gaussian log densities (interpreter on CPU) against float64 references."""
+"""fastvae/kernels/gaussian_log_prob.py: fused Gaussian log densities (interpreter on CPU) against float64 references."""
 import math
 
 import pytest
@@ -51,7 +51,7 @@ def inputs(batch, samples, dims, dtype=torch.float32, extreme=False):
 def test_matches_float64_reference(shape, extreme):
     z, mu, logvar = inputs(*shape, extreme=extreme)
     upstream = torch.randn(shape[:2], dtype=torch.float64)
-    fast = run(G.GaussianLogProbFunction.apply, z, mu, logvar, upstream)
+    fast = run(G.gaussian_log_prob_triton, z, mu, logvar, upstream)
     ref = run(G.gaussian_log_prob_reference, z.double(), mu.double(), logvar.double(), upstream)
     check(fast, ref, torch.float32)
     torch.testing.assert_close(ref[0], direct_log_prob(z, mu, logvar), atol=1e-9, rtol=1e-9)
@@ -61,7 +61,7 @@ def test_matches_float64_reference(shape, extreme):
 def test_standard_normal(shape):
     z = torch.randn(shape) * 3
     upstream = torch.randn(shape[:2], dtype=torch.float64)
-    fast = run(G.GaussianLogProbFunction.apply, z, None, None, upstream)
+    fast = run(G.gaussian_log_prob_triton, z, None, None, upstream)
     ref = run(G.gaussian_log_prob_reference, z.double(), None, None, upstream)
     check(fast, ref, torch.float32)
     expected = torch.distributions.Normal(0.0, 1.0).log_prob(z.double()).sum(-1)
@@ -75,7 +75,7 @@ def test_dtypes_non_contiguous(dtype):
     mu, logvar = mu.t().contiguous().t(), logvar.t().contiguous().t()
     assert not z.is_contiguous() and not mu.is_contiguous()
     upstream = torch.randn(9, 4, dtype=torch.float64)
-    fast = run(G.GaussianLogProbFunction.apply, z, mu, logvar, upstream)
+    fast = run(G.gaussian_log_prob_triton, z, mu, logvar, upstream)
     ref = run(G.gaussian_log_prob_reference, z.double(), mu.double(), logvar.double(), upstream)
     assert fast[0].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert fast[1].dtype == dtype
@@ -97,7 +97,7 @@ def test_close_z_tiny_variance_no_cancellation():
     mu = torch.full((batch, dims), 30.0)
     logvar = torch.full((batch, dims), -20.0)
     z = (mu.double().unsqueeze(1) + math.exp(-10.0) * torch.randn(batch, samples, dims, dtype=torch.float64)).float()
-    fast = G.GaussianLogProbFunction.apply(z, mu, logvar)
+    fast = G.gaussian_log_prob_triton(z, mu, logvar)
     ref = G.gaussian_log_prob_reference(z.double(), mu.double(), logvar.double())  # same fp32 values, in fp64
     torch.testing.assert_close(fast.double(), ref, atol=1e-4, rtol=1e-5)
     expanded_error = (expanded_form(z, mu, logvar).double() - ref).abs().max()
@@ -107,6 +107,6 @@ def test_close_z_tiny_variance_no_cancellation():
 def test_gradcheck_float64():
     z, mu, logvar = inputs(3, 2, 4, dtype=torch.float64)
     args = (z.requires_grad_(), mu.requires_grad_(), logvar.requires_grad_())
-    assert torch.autograd.gradcheck(G.GaussianLogProbFunction.apply, args)
+    assert torch.autograd.gradcheck(G.gaussian_log_prob_triton, args)
     assert torch.autograd.gradcheck(G.gaussian_log_prob_reference, args)
-    assert torch.autograd.gradcheck(lambda x: G.GaussianLogProbFunction.apply(x, None, None), (args[0],))
+    assert torch.autograd.gradcheck(lambda x: G.gaussian_log_prob_triton(x, None, None), (args[0],))

@@ -16,6 +16,8 @@ import pytest
 import torch
 from helpers import separating_target
 
+from fastvae.kernels.free_bits import FREE_BITS_MODES
+
 
 def _kernels(name):
     return importlib.import_module(f"fastvae.kernels.{name}")
@@ -47,9 +49,9 @@ def check_all(device: str, big_n: int) -> list:
             eps = torch.randn(batch, samples, dims, device=device)
             upstream = torch.randn(batch, samples, dims, device=device, dtype=torch.float64)
             target = separating_target(kl_mod.kl_per_dim_reference(mu.double(), logvar.double()).sum(1))
-            for mode in kl_mod.MODES:
+            for mode in FREE_BITS_MODES:
                 results = []
-                for fn, cast in ((sk_mod.SampleAndKLFunction.apply, lambda t: t),
+                for fn, cast in ((sk_mod.sample_and_kl_triton, lambda t: t),
                                  (sk_mod.sample_and_kl_reference, lambda t: t.double())):
                     m, v = cast(mu).detach().requires_grad_(), cast(logvar).detach().requires_grad_()
                     z, loss, kl_mean = fn(m, v, cast(eps), target, mode)
@@ -59,7 +61,7 @@ def check_all(device: str, big_n: int) -> list:
                     want = want.to(got.dtype) if name in ("z", "dmu", "dlogvar") else want
                     _close(f"sample_and_kl {mode} {dtype} {(batch, samples, dims)} {name}", got, want, atol, rtol)
                 m, v = mu.detach().requires_grad_(), logvar.detach().requires_grad_()
-                loss, _ = kl_mod.FreeBitsKLFunction.apply(m, v, target, mode)
+                loss, _ = kl_mod.free_bits_kl_triton(m, v, target, mode)
                 (2.0 * loss).backward()
                 m2, v2 = mu.double().requires_grad_(), logvar.double().requires_grad_()
                 loss2, _ = kl_mod.free_bits_kl_reference(m2, v2, target, mode)
@@ -68,7 +70,7 @@ def check_all(device: str, big_n: int) -> list:
                 _close(f"free_bits_kl {mode} {dtype} dmu", m.grad, m2.grad.to(dtype), atol, rtol)
                 _close(f"free_bits_kl {mode} {dtype} dlogvar", v.grad, v2.grad.to(dtype), atol, rtol)
             m, v = mu.detach().requires_grad_(), logvar.detach().requires_grad_()
-            z = rp_mod.ReparameterizeFunction.apply(m, v, eps)
+            z = rp_mod.reparameterize_triton(m, v, eps)
             (z.double() * upstream).sum().backward()
             m2, v2 = mu.double().requires_grad_(), logvar.double().requires_grad_()
             z2 = rp_mod.reparameterize_reference(m2, v2, eps.double())
@@ -82,7 +84,7 @@ def check_all(device: str, big_n: int) -> list:
     z = (mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * torch.randn(32, samples, 32, device=device))
     upstream = torch.randn(32, samples, device=device, dtype=torch.float64)
     args = [t.detach().requires_grad_() for t in (z, mu, logvar)]
-    out = lp_mod.GaussianLogProbFunction.apply(*args)
+    out = lp_mod.gaussian_log_prob_triton(*args)
     (out.double() * upstream).sum().backward()
     args2 = [t.double().detach().requires_grad_() for t in (z, mu, logvar)]
     out2 = lp_mod.gaussian_log_prob_reference(*args2)

@@ -1,4 +1,4 @@
-"""kernels/mutual_information.py: streamed MI (Triton forward in the interpreter, chunked torch
+"""fastvae/kernels/mutual_information.py: streamed MI (Triton forward in the interpreter, chunked torch
 reference) against a direct O(N^2 D) float64 computation."""
 import math
 

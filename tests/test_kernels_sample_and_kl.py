@@ -1,9 +1,10 @@
-"""kernels/sample_and_kl.py: the fused sample + free-bits KL (interpreter on CPU) against float64 references."""
+"""fastvae/kernels/sample_and_kl.py: the fused sample + free-bits KL (interpreter on CPU) against float64 references."""
 import pytest
 import torch
 from helpers import away_from_thresholds, separating_target
 
 from fastvae.kernels import kl_free_bits as KL
+from fastvae.kernels.free_bits import FREE_BITS_MODES
 from fastvae.kernels import sample_and_kl as S
 
 TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (2e-5, 2e-5), torch.float16: (2e-3, 2e-3),
@@ -45,12 +46,12 @@ def check(fast, ref, dtype):
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("mode", KL.MODES)
+@pytest.mark.parametrize("mode", FREE_BITS_MODES)
 @pytest.mark.parametrize("shape", [(41, 1, 37), (1, 2, 32), (9, 3, 5)])
 def test_matches_float64_reference(mode, shape):
     mu, logvar, eps, target = inputs(*shape)
     upstream = torch.randn(shape, dtype=torch.float64)
-    fast = run(S.SampleAndKLFunction.apply, mu, logvar, eps, target, mode, upstream)
+    fast = run(S.sample_and_kl_triton, mu, logvar, eps, target, mode, upstream)
     ref = run(S.sample_and_kl_reference, mu.double(), logvar.double(), eps.double(), target, mode, upstream)
     check(fast, ref, torch.float32)
 
@@ -60,7 +61,7 @@ def test_extreme_values_non_contiguous(mode):
     mu, logvar, eps, target = inputs(21, 2, 11, extreme=True, strided=True)
     assert not mu.is_contiguous()
     upstream = torch.randn(21, 2, 11, dtype=torch.float64)
-    fast = run(S.SampleAndKLFunction.apply, mu, logvar, eps, target, mode, upstream)
+    fast = run(S.sample_and_kl_triton, mu, logvar, eps, target, mode, upstream)
     ref = run(S.sample_and_kl_reference, mu.double(), logvar.double(), eps.double(), target, mode, upstream)
     check(fast, ref, torch.float32)
 
@@ -69,7 +70,7 @@ def test_extreme_values_non_contiguous(mode):
 def test_dtypes(dtype):
     mu, logvar, eps, target = inputs(12, 2, 6, dtype=dtype)
     upstream = torch.randn(12, 2, 6, dtype=torch.float64)
-    fast = run(S.SampleAndKLFunction.apply, mu, logvar, eps, target, "dim", upstream)
+    fast = run(S.sample_and_kl_triton, mu, logvar, eps, target, "dim", upstream)
     ref = run(S.sample_and_kl_reference, mu.double(), logvar.double(), eps.double(), target, "dim", upstream)
     assert fast[0].dtype == dtype and fast[3].dtype == dtype and fast[4].dtype == dtype
     check(fast, ref, dtype)
@@ -80,7 +81,7 @@ def test_gradient_from_only_one_output():
     mu, logvar, eps, target = inputs(7, 2, 5)
     for use_z, use_loss in ((False, True), (True, False)):
         m, v = mu.clone().requires_grad_(), logvar.clone().requires_grad_()
-        z, loss, _ = S.SampleAndKLFunction.apply(m, v, eps, target, "dim")
+        z, loss, _ = S.sample_and_kl_triton(m, v, eps, target, "dim")
         (z.sum() * use_z + loss * use_loss if use_z else loss).backward()
         m2, v2 = mu.double().requires_grad_(), logvar.double().requires_grad_()
         z2, loss2, _ = S.sample_and_kl_reference(m2, v2, eps.double(), target, "dim")
@@ -89,7 +90,7 @@ def test_gradient_from_only_one_output():
         torch.testing.assert_close(v.grad.double(), v2.grad, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("mode", KL.MODES)
+@pytest.mark.parametrize("mode", FREE_BITS_MODES)
 def test_gradcheck_float64(mode):
     target = 1.1
     for _ in range(100):  # redraw until every KL term lies away from the mask thresholds (finite differences)
@@ -103,7 +104,7 @@ def test_gradcheck_float64(mode):
     logvar.requires_grad_()
 
     def fused(m, v):
-        z, loss, _ = S.SampleAndKLFunction.apply(m, v, eps, target, mode)
+        z, loss, _ = S.sample_and_kl_triton(m, v, eps, target, mode)
         return (z * weights).sum() + 3.0 * loss
 
     def reference(m, v):
@@ -120,11 +121,11 @@ from hypothesis import strategies as st  # noqa: E402
 
 @settings(max_examples=20, deadline=None)
 @given(batch=st.integers(1, 70), samples=st.integers(1, 3), dims=st.integers(1, 70),
-       mode=st.sampled_from(KL.MODES), seed=st.integers(0, 2**31 - 1))
+       mode=st.sampled_from(FREE_BITS_MODES), seed=st.integers(0, 2**31 - 1))
 def test_random_shapes(batch, samples, dims, mode, seed):
     torch.manual_seed(seed)
     mu, logvar, eps, target = inputs(batch, samples, dims)
     upstream = torch.randn(batch, samples, dims, dtype=torch.float64)
-    fast = run(S.SampleAndKLFunction.apply, mu, logvar, eps, target, mode, upstream)
+    fast = run(S.sample_and_kl_triton, mu, logvar, eps, target, mode, upstream)
     ref = run(S.sample_and_kl_reference, mu.double(), logvar.double(), eps.double(), target, mode, upstream)
     check(fast, ref, torch.float32)

@@ -45,7 +45,7 @@ def test_info_reports_build_and_backends():
 
 def test_kernels_are_installed_under_fastvae_not_top_level():
     spec = importlib.util.find_spec("fastvae.kernels")
-    assert spec is not None and Path(spec.origin).parent.name == "kernels"
+    assert spec is not None and Path(spec.origin).parent == Path(importlib.util.find_spec("fastvae").origin).parent / "kernels"
     # No top-level `kernels` package may be installed by fastvae.
     out = run_py("import importlib.util,sys; print(importlib.util.find_spec('kernels'))", cwd="/")
     assert out.stdout.strip() == "None", out.stdout
@@ -188,3 +188,15 @@ def test_a_triton_older_than_the_kernels_support_is_reported_not_used(monkeypatc
         monkeypatch.setattr(backend, "triton_version", lambda v=new_enough: v)
         assert backend.triton_too_old() is None
 
+
+
+def test_the_version_is_written_once():
+    """__version__ in fastvae/__init__.py is the only copy: the installed metadata (pyproject's dynamic version)
+    and the build record (setup.py reads the same line) agree with it, and no other file spells it out."""
+    import importlib.metadata
+
+    from fastvae._build_info import BUILD_INFO
+
+    assert importlib.metadata.version("fastvae") == fastvae.__version__ == BUILD_INFO["version"]
+    for name in ("setup.py", "pyproject.toml"):
+        assert f'"{fastvae.__version__}"' not in (ROOT / name).read_text(), name

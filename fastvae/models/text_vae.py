@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..data.vocab import PAD
+from ..kernels.dtypes import compute_dtype
 from ..nn.decoder import LSTMDecoder
 from .config import ModelConfig, get_config
 
@@ -197,7 +198,7 @@ class LSTMLM(nn.Module):
         hidden = self.dropout_out(hidden).to(self.output.weight.dtype)  # float32 also under autocast
         B, T = targets.shape
         mask = (targets != PAD) & (torch.arange(T, device=tokens.device) < (lengths - 1).unsqueeze(1))
-        acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        acc = compute_dtype(hidden.dtype)
         copy = None if self.weight_copies is None else self.weight_copies.get(self.output.weight)
         loss, nll = linear_cross_entropy(hidden.reshape(B * T, -1), self.output.weight, targets.reshape(-1),
                                          mask.reshape(-1).to(acc) * float(scale), weight_compute=copy)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.dtypes import compute_dtype
 from ..ops.linear_cross_entropy import linear_cross_entropy
 from ..ops.lstm_sequence import lstm_sequence
 from . import precision
@@ -203,7 +204,7 @@ class LSTMDecoder(nn.Module):
         rows = hidden.reshape(B * K * T, H)
         target_rows = targets.unsqueeze(1).expand(B, K, T).reshape(-1)
         mask_rows = mask.unsqueeze(1).expand(B, K, T)
-        acc = torch.float64 if rows.dtype == torch.float64 else torch.float32
+        acc = compute_dtype(rows.dtype)
         row_scale = mask_rows.reshape(-1).to(acc) * scale
         weight = self.output.weight
         copy = None if self.weight_copies is None else self.weight_copies.get(weight)

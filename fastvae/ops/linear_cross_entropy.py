@@ -20,15 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import backend
+from ..kernels.dtypes import compute_dtype as _accumulation_dtype
 
 LINEAR_CE_OP = backend.register_op("linear_cross_entropy", cpp=True)
-_CPP_BUILT = {device: backend.cpp_available(device) for device in ("cpu", "cuda")}
 # logits the compiled op holds at once (a chunk of rows); 2^22 float32 logits = 16 MiB
 DEFAULT_MAX_CHUNK_ELEMS = 2**22
-
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _check(hidden, weight, target, row_scale, weight_compute, max_chunk_elems):
@@ -92,11 +88,9 @@ def linear_cross_entropy(hidden, weight, target, row_scale=None, *, weight_compu
 
 
 def _use_compiled_op(device_type: str) -> bool:
-    # backend.select imports lazily, which torch.compile cannot trace; the compiled op has a fake kernel and an
-    # autograd registration, so a traced graph holds it wherever it is built
-    if torch.compiler.is_compiling():
-        return _CPP_BUILT.get(device_type, False)
-    return backend.select(LINEAR_CE_OP, device_type) == "cpp"
+    # traceable: under torch.compile the choice is made when the graph is traced; the compiled op has a fake
+    # kernel and an autograd registration, so a traced graph holds it
+    return backend.select(LINEAR_CE_OP, device_type) == backend.CPP
 
 
 # ------------------------------------------------------------------ autograd and fake kernel of the compiled op

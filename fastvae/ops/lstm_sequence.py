@@ -18,7 +18,6 @@ from .. import backend
 
 SEQUENCE_OP = backend.register_op("lstm_sequence", cpp=True)
 STEP_OP = backend.register_op("lstm_step", cpp=True)
-_CPP_BUILT = {device: backend.cpp_available(device) for device in ("cpu", "cuda")}
 
 
 # ------------------------------------------------------------------ references (plain torch)
@@ -105,19 +104,10 @@ def _check_step(input_gates, h, c, weight_hh):
 
 
 # ------------------------------------------------------------------ public entry points
-_LAST_CHOICE: dict = {}
-
-
 def _select(op_name: str, device_type: str) -> str:
-    """backend.select; while torch.compile traces (backend.select is not traceable: it imports lazily), the
-    choice last made eagerly for this op and device, else the compiled op when it is built (it has a fake
-    kernel and an autograd registration, so traced graphs can hold it)."""
-    if torch.compiler.is_compiling():
-        choice = _LAST_CHOICE.get((op_name, device_type))
-        return choice or ("cpp" if _CPP_BUILT.get(device_type) else "torch")
-    choice = backend.select(op_name, device_type)
-    _LAST_CHOICE[(op_name, device_type)] = choice
-    return choice
+    # traceable: under torch.compile the choice is made when the graph is traced (the compiled op has a fake
+    # kernel and an autograd registration, so a traced graph holds it)
+    return backend.select(op_name, device_type)
 
 
 def _needs_grad(*tensors) -> bool:

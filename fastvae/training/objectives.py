@@ -8,8 +8,7 @@ import math
 from dataclasses import dataclass
 
 from .. import functional as F
-
-FREE_BITS_MODES = ("none", "sentence", "dim", "batch", "kingma")
+from ..kernels.free_bits import FREE_BITS_MODES
 
 
 @dataclass

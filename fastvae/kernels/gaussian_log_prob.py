@@ -1,5 +1,6 @@
 """Diagonal-Gaussian log densities summed over D, fused for [B, K, D] samples (importance-weighted
-NLL): log N(z; mu, exp(logvar)) and log N(z; 0, I). Triton kernels, launchers, autograd, reference.
+NLL): log N(z; mu, exp(logvar)) and log N(z; 0, I). Triton kernels, launchers, the custom op
+(`torch.ops.fastvae.gaussian_log_prob_triton`, fake and autograd registered), reference.
 
     log N(z_bk; mu_b, var_b) = -0.5 * sum_j (log 2pi + logvar_bj + (z_bkj - mu_bj)^2 / var_bj)
 
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import LOG_2PI, acc_dtype, block_size, jit, tl, triton, upcast
+from ._common import acc_dtype, block_size, jit, tl, triton
+from .dtypes import LOG_2PI, compute_dtype, upcast
 
 
 def gaussian_log_prob_reference(z: torch.Tensor, mu: torch.Tensor | None, logvar: torch.Tensor | None):
@@ -118,7 +120,7 @@ def _param_strides(mu, logvar):
 def gaussian_log_prob_fwd(z, mu, logvar):
     """Host launcher: [B, K] log densities (compute dtype); mu = logvar = None for N(0, I)."""
     B, K, D = z.shape
-    dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(z.dtype)
     out = torch.empty((B, K), dtype=dtype, device=z.device)
     BLOCK_D = block_size(D, 16, 64)
     BLOCK_R = max(1, min(128, 4096 // BLOCK_D))
@@ -150,15 +152,49 @@ def gaussian_log_prob_bwd(grad, z, mu, logvar):
     return dz, dmu, dlogvar
 
 
-class GaussianLogProbFunction(torch.autograd.Function):
+# ---------------------------------------------------------------- custom ops
+@torch.library.custom_op("fastvae::gaussian_log_prob_triton", mutates_args=())
+def _gaussian_log_prob_op(z: torch.Tensor, mu: torch.Tensor | None, logvar: torch.Tensor | None) -> torch.Tensor:
+    return gaussian_log_prob_fwd(z, mu, logvar)
+
+
+@_gaussian_log_prob_op.register_fake
+def _(z, mu, logvar):
+    return z.new_empty(z.shape[:2], dtype=compute_dtype(z.dtype))
+
+
+@torch.library.custom_op("fastvae::gaussian_log_prob_triton_backward", mutates_args=())
+def _gaussian_log_prob_backward_op(grad: torch.Tensor, z: torch.Tensor, mu: torch.Tensor | None,
+                                   logvar: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dz, dmu, dlogvar); without mu/logvar (N(0, I)) the last two are empty (a custom op returns tensors)."""
+    dz, dmu, dlogvar = gaussian_log_prob_bwd(grad, z, mu, logvar)
+    if mu is None:
+        dmu, dlogvar = z.new_empty(0), z.new_empty(0)
+    return dz, dmu, dlogvar
+
+
+@_gaussian_log_prob_backward_op.register_fake
+def _(grad, z, mu, logvar):
+    if mu is None:
+        return z.new_empty(z.shape), z.new_empty(0), z.new_empty(0)
+    return z.new_empty(z.shape), mu.new_empty(mu.shape), logvar.new_empty(logvar.shape)
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad):
+    z, mu, logvar = ctx.saved_tensors
+    dz, dmu, dlogvar = _gaussian_log_prob_backward_op(grad, z, mu, logvar)
+    if mu is None:
+        return dz, None, None
+    return dz, dmu, dlogvar
+
+
+_gaussian_log_prob_op.register_autograd(_backward, setup_context=_setup)
+
+
+def gaussian_log_prob_triton(z: torch.Tensor, mu: torch.Tensor | None, logvar: torch.Tensor | None) -> torch.Tensor:
     """log N(z; mu, exp(logvar)) summed over D, [B, K], with the Triton kernels (mu = logvar = None: N(0, I))."""
-
-    @staticmethod
-    def forward(ctx, z, mu, logvar):
-        ctx.save_for_backward(z, mu, logvar)
-        return gaussian_log_prob_fwd(z, mu, logvar)
-
-    @staticmethod
-    def backward(ctx, grad):
-        z, mu, logvar = ctx.saved_tensors
-        return gaussian_log_prob_bwd(grad, z, mu, logvar)
+    return _gaussian_log_prob_op(z, mu, logvar)

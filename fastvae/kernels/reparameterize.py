@@ -1,4 +1,5 @@
-"""Reparameterisation z = mu + exp(logvar / 2) * eps: Triton kernels, launchers, autograd, reference.
+"""Reparameterisation z = mu + exp(logvar / 2) * eps: Triton kernels, launchers, the custom op
+(`torch.ops.fastvae.reparameterize_triton`, fake and autograd registered), reference.
 
 The noise eps [B, K, D] is drawn by the caller (torch.randn with the user's generator) in the
 compute dtype and passed in, so every backend sees bitwise the same noise. Forward reads mu,
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import acc_dtype, block_size, jit, tl, triton, upcast
+from ._common import acc_dtype, block_size, jit, tl, triton
+from .dtypes import upcast
 
 
 def reparameterize_reference(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -104,17 +106,41 @@ def reparameterize_bwd(dz: torch.Tensor, eps: torch.Tensor, mu: torch.Tensor, lo
     return dmu, dlogvar
 
 
-class ReparameterizeFunction(torch.autograd.Function):
+# ---------------------------------------------------------------- custom ops
+@torch.library.custom_op("fastvae::reparameterize_triton", mutates_args=())
+def _reparameterize_op(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    return reparameterize_fwd(mu, logvar, eps)
+
+
+@_reparameterize_op.register_fake
+def _(mu, logvar, eps):
+    return mu.new_empty(eps.shape)
+
+
+@torch.library.custom_op("fastvae::reparameterize_triton_backward", mutates_args=())
+def _reparameterize_backward_op(dz: torch.Tensor, eps: torch.Tensor, mu: torch.Tensor,
+                                logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return reparameterize_bwd(dz, eps, mu, logvar)
+
+
+@_reparameterize_backward_op.register_fake
+def _(dz, eps, mu, logvar):
+    return mu.new_empty(mu.shape), logvar.new_empty(logvar.shape)
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, dz):
+    mu, logvar, eps = ctx.saved_tensors
+    dmu, dlogvar = _reparameterize_backward_op(dz, eps, mu, logvar)
+    return dmu, dlogvar, None
+
+
+_reparameterize_op.register_autograd(_backward, setup_context=_setup)
+
+
+def reparameterize_triton(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """z = mu + exp(logvar / 2) * eps with the Triton kernels; eps is a constant (no gradient)."""
-
-    @staticmethod
-    def forward(ctx, mu, logvar, eps):
-        z = reparameterize_fwd(mu, logvar, eps)
-        ctx.save_for_backward(mu, logvar, eps)
-        return z
-
-    @staticmethod
-    def backward(ctx, dz):
-        mu, logvar, eps = ctx.saved_tensors
-        dmu, dlogvar = reparameterize_bwd(dz, eps, mu, logvar)
-        return dmu, dlogvar, None
+    return _reparameterize_op(mu, logvar, eps)

@@ -16,7 +16,8 @@ squared distance is computed in the direct form sum_d (z_d - mu_d)^2 / var_d wit
 expanded GEMM form z.z/var - 2 z.mu/var + mu.mu/var would use tensor cores but cancels
 catastrophically when z is close to mu and var is tiny (exactly the collapsed-posterior and
 very-confident-posterior regimes MI is used to diagnose), so precision wins over tensor cores.
-The Triton kernel is forward-only; with gradients required fastvae runs the torch reference.
+The Triton kernel is forward-only (the custom op `torch.ops.fastvae.mutual_information_triton` has a fake and
+no autograd); with gradients required fastvae runs the torch reference.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ import math
 
 import torch
 
-from ._common import LOG_2PI, acc_dtype, jit, tl, triton, upcast
+from ._common import acc_dtype, jit, tl, triton
+from .dtypes import LOG_2PI, compute_dtype, upcast
 
 TILE_ELEMENTS = 1 << 21  # elements of one [rows, cols, D] tile in the torch reference (8 MiB in fp32)
 
@@ -206,3 +208,14 @@ def mutual_information_fwd(z, mu, logvar, segment: int):
     block = 32 if segment <= 32 else 64
     lse = aggregate_log_density_fwd(z, mu, logvar, segment, block, block)
     return combine_mutual_information(lse, logvar, segment)
+
+
+@torch.library.custom_op("fastvae::mutual_information_triton", mutates_args=())
+def mutual_information_triton(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, segment: int) -> torch.Tensor:
+    """MI estimate with the Triton kernel, as a custom op (forward only: no gradient)."""
+    return mutual_information_fwd(z, mu, logvar, segment)
+
+
+@mutual_information_triton.register_fake
+def _(z, mu, logvar, segment):
+    return mu.new_empty((), dtype=compute_dtype(mu.dtype))

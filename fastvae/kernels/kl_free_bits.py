@@ -1,20 +1,10 @@
-"""KL(N(mu, exp(logvar)) || N(0, I)) with the free-bits variants of the recipes: Triton kernels,
-launchers, autograd.Function and the plain-torch reference.
+"""KL(N(mu, exp(logvar)) || N(0, I)) with the free-bits variants of the recipes: Triton kernels, launchers,
+the custom ops that wrap them (`torch.ops.fastvae.free_bits_kl_triton`, with a fake and autograd, so a
+`torch.compile`d model keeps them), and the plain-torch reference.
 
-KL_ij = 0.5 * (mu_ij^2 + exp(logvar_ij) - logvar_ij - 1), for row i of B and dimension j of D.
-With lam = target (nats per sentence) the scalar loss, a batch mean, is per mode:
-
-  none      mean_i sum_j KL_ij                                      grad: that of the value
-  sentence  mean_i m_i * KL_i,  KL_i = sum_j KL_ij, m_i = [KL_i > lam]        grad: m_i * dKL_i
-  dim       mean_i sum_j m_ij * KL_ij,  m_ij = [KL_ij > lam / D]              grad: m_ij * dKL_ij
-            (Li et al. fb=2: the gradient equals that of max(lam / D, KL_ij); the value does not)
-  batch     m * mean_i KL_i,  m = [mean_i KL_i > lam]                           grad: m * dKL
-  kingma    sum_j max(lam / D, mean_i KL_ij)   (Kingma et al. 2016)   grad: [mean_i KL_ij > lam / D]
-
-Masks are constants for autograd. They are written "not (KL <= threshold)", which equals
-"KL > threshold" for numbers and keeps a NaN KL in the loss: NaN inputs give a NaN loss, never
-a silently masked 0. The kernels also return the unmasked per-dimension batch mean of KL
-(what is logged: the logged KL is always unmasked).
+The modes and their loss are defined once in `free_bits.py`; the forward kernel produces the partial sums that
+`free_bits_loss` combines (and the unmasked per-dimension batch mean of KL, which is what is logged), and the
+backward kernel applies each mode's mask to d KL_ij.
 """
 from __future__ import annotations
 
@@ -22,10 +12,9 @@ import functools
 
 import torch
 
-from ._common import acc_dtype, block_size, jit, tl, triton, upcast
-
-MODES = ("none", "sentence", "dim", "batch", "kingma")
-MODE_IDS = {name: index for index, name in enumerate(MODES)}
+from ._common import acc_dtype, block_size, jit, tl, triton
+from .dtypes import compute_dtype, upcast
+from .free_bits import MODE_IDS, free_bits_loss, free_bits_partial_sums
 
 
 # ---------------------------------------------------------------- reference
@@ -35,33 +24,12 @@ def kl_per_dim_reference(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor
     return 0.5 * (mu_c * mu_c + torch.exp(logvar_c) - logvar_c - 1.0)
 
 
-def free_bits_from_kl(kl: torch.Tensor, target: float, mode: str) -> torch.Tensor:
-    """The free-bits loss (scalar) from KL_ij [B, D], as in the module docstring."""
-    batch, dims = kl.shape
-    if mode == "none":
-        return kl.sum() / batch
-    if mode == "sentence":
-        per_sentence = kl.sum(dim=1)
-        keep = ~(per_sentence.detach() <= target)
-        return torch.where(keep, per_sentence, torch.zeros_like(per_sentence)).sum() / batch
-    if mode == "dim":
-        keep = ~(kl.detach() <= target / dims)
-        return torch.where(keep, kl, torch.zeros_like(kl)).sum() / batch
-    if mode == "batch":
-        mean_kl = kl.sum() / batch
-        keep = ~(mean_kl.detach() <= target)
-        return torch.where(keep, mean_kl, torch.zeros_like(mean_kl))
-    if mode == "kingma":
-        per_dim = kl.mean(dim=0)
-        floor = torch.full_like(per_dim, target / dims)
-        return torch.where(per_dim.detach() <= target / dims, floor, per_dim).sum()
-    raise ValueError(f"unknown free-bits mode {mode!r}; expected one of {', '.join(MODES)}")
-
-
 def free_bits_kl_reference(mu: torch.Tensor, logvar: torch.Tensor, target: float, mode: str):
     """Plain torch: (loss scalar, unmasked batch-mean KL per dimension [D]), compute dtype."""
     kl = kl_per_dim_reference(mu, logvar)
-    return free_bits_from_kl(kl, target, mode), kl.detach().mean(dim=0)
+    batch, dims = kl.shape
+    loss, col_mean, _ = free_bits_loss(*free_bits_partial_sums(kl, target, mode), batch, dims, target, mode)
+    return loss, col_mean.detach()
 
 
 # ---------------------------------------------------------------- Triton helpers (shared with sample_and_kl)
@@ -176,27 +144,10 @@ def thresholds(target: float, dims: int, dtype: torch.dtype, device: torch.devic
     return torch.tensor([target, target / dims], dtype=dtype).to(device)
 
 
-def combine_free_bits(row_kl, row_loss, col_sum, batch: int, dims: int, target: float, mode: str):
-    """The scalar loss from the kernel's partial sums; returns (loss, col_mean, batch_mean)."""
-    col_mean = col_sum / batch
-    batch_mean = row_kl.sum() / batch
-    if mode == "none":
-        loss = batch_mean
-    elif mode == "sentence":
-        loss = torch.where(row_kl <= target, torch.zeros_like(row_kl), row_kl).sum() / batch
-    elif mode == "dim":
-        loss = row_loss.sum() / batch
-    elif mode == "batch":
-        loss = torch.where(batch_mean <= target, torch.zeros_like(batch_mean), batch_mean)
-    else:  # kingma
-        loss = torch.where(col_mean <= target / dims, torch.full_like(col_mean, target / dims), col_mean).sum()
-    return loss, col_mean, batch_mean
-
-
 def kl_free_bits_fwd(mu: torch.Tensor, logvar: torch.Tensor, target: float, mode: str):
     """Host launcher: (loss [], col_mean [D], row_kl [B], batch_mean []) in the compute dtype."""
     B, D = mu.shape
-    dtype = torch.float64 if mu.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(mu.dtype)
     BLOCK_D = block_size(D, 16, 64)
     BLOCK_B = max(1, min(64, 4096 // BLOCK_D))
     blocks = triton.cdiv(B, BLOCK_B)
@@ -207,7 +158,7 @@ def kl_free_bits_fwd(mu: torch.Tensor, logvar: torch.Tensor, target: float, mode
         mu, logvar, row_kl, row_loss, col_part, thresholds(target, D, dtype, mu.device), B, D,
         mu.stride(0), mu.stride(1), logvar.stride(0), logvar.stride(1),
         MODE=MODE_IDS[mode], BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D, ACC_DTYPE=acc_dtype(dtype))
-    loss, col_mean, batch_mean = combine_free_bits(row_kl, row_loss, col_part.sum(dim=0), B, D, target, mode)
+    loss, col_mean, batch_mean = free_bits_loss(row_kl, row_loss, col_part.sum(dim=0), B, D, target, mode)
     return loss, col_mean, row_kl, batch_mean
 
 
@@ -227,19 +178,56 @@ def kl_free_bits_bwd(grad, mu, logvar, row_kl, col_mean, batch_mean, target: flo
     return dmu, dlogvar
 
 
-class FreeBitsKLFunction(torch.autograd.Function):
+# ---------------------------------------------------------------- custom ops
+@torch.library.custom_op("fastvae::free_bits_kl_triton", mutates_args=())
+def _free_bits_kl_op(mu: torch.Tensor, logvar: torch.Tensor, target: float,
+                     mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss [], col_mean [D], row_kl [B], batch_mean []); the last two are saved for backward."""
+    loss, col_mean, row_kl, batch_mean = kl_free_bits_fwd(mu, logvar, target, mode)
+    if mode == "none":  # loss is batch_mean itself; a custom op's outputs may not alias each other
+        batch_mean = batch_mean.clone()
+    return loss, col_mean, row_kl, batch_mean
+
+
+@_free_bits_kl_op.register_fake
+def _(mu, logvar, target, mode):
+    dtype = compute_dtype(mu.dtype)
+    B, D = mu.shape
+    return (mu.new_empty((), dtype=dtype), mu.new_empty(D, dtype=dtype), mu.new_empty(B, dtype=dtype),
+            mu.new_empty((), dtype=dtype))
+
+
+@torch.library.custom_op("fastvae::free_bits_kl_triton_backward", mutates_args=())
+def _free_bits_kl_backward_op(grad: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, row_kl: torch.Tensor,
+                              col_mean: torch.Tensor, batch_mean: torch.Tensor, target: float,
+                              mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return kl_free_bits_bwd(grad, mu, logvar, row_kl, col_mean, batch_mean, target, mode)
+
+
+@_free_bits_kl_backward_op.register_fake
+def _(grad, mu, logvar, row_kl, col_mean, batch_mean, target, mode):
+    return mu.new_empty(mu.shape), logvar.new_empty(logvar.shape)
+
+
+def _setup(ctx, inputs, output):
+    mu, logvar, target, mode = inputs
+    _, col_mean, row_kl, batch_mean = output
+    ctx.save_for_backward(mu, logvar, row_kl, col_mean, batch_mean)
+    ctx.target, ctx.mode = target, mode
+    ctx.mark_non_differentiable(col_mean, row_kl, batch_mean)
+
+
+def _backward(ctx, grad_loss, _grad_col_mean, _grad_row_kl, _grad_batch_mean):
+    mu, logvar, row_kl, col_mean, batch_mean = ctx.saved_tensors
+    dmu, dlogvar = _free_bits_kl_backward_op(grad_loss, mu, logvar, row_kl, col_mean, batch_mean, ctx.target,
+                                             ctx.mode)
+    return dmu, dlogvar, None, None
+
+
+_free_bits_kl_op.register_autograd(_backward, setup_context=_setup)
+
+
+def free_bits_kl_triton(mu: torch.Tensor, logvar: torch.Tensor, target: float, mode: str):
     """(loss, kl_per_dim_mean) with the Triton kernels; the second output is a log (no gradient)."""
-
-    @staticmethod
-    def forward(ctx, mu, logvar, target, mode):
-        loss, col_mean, row_kl, batch_mean = kl_free_bits_fwd(mu, logvar, target, mode)
-        ctx.save_for_backward(mu, logvar, row_kl, col_mean, batch_mean)
-        ctx.target, ctx.mode = target, mode
-        ctx.mark_non_differentiable(col_mean)
-        return loss, col_mean
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_col_mean):
-        mu, logvar, row_kl, col_mean, batch_mean = ctx.saved_tensors
-        dmu, dlogvar = kl_free_bits_bwd(grad_loss, mu, logvar, row_kl, col_mean, batch_mean, ctx.target, ctx.mode)
-        return dmu, dlogvar, None, None
+    loss, col_mean, _, _ = _free_bits_kl_op(mu, logvar, float(target), mode)
+    return loss, col_mean

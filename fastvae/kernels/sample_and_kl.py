@@ -1,7 +1,7 @@
 """The fused training-step op: z = mu + exp(logvar / 2) * eps and the free-bits KL in one pass.
 
 Forward reads mu and logvar once, writes z [B, K, D] and the per-row / per-dimension KL partial
-sums (the free-bits loss is combined from them, see kl_free_bits.py for the modes). Backward is
+sums (the free-bits loss is combined from them by free_bits.py, which defines the modes). Backward is
 one kernel that adds the reparameterisation gradient and the KL gradient:
     dmu     = sum_k dz_k + s_ij * mu_ij
     dlogvar = 0.5 * exp(logvar / 2) * sum_k dz_k * eps_k + s_ij * 0.5 * (exp(logvar_ij) - 1)
@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 
 from ._common import acc_dtype, block_size, jit, tl, triton
-from .kl_free_bits import (MODE_IDS, _kl_grad_scale, _kl_terms, combine_free_bits, free_bits_kl_reference,
-                           thresholds)
+from .dtypes import compute_dtype
+from .free_bits import MODE_IDS, free_bits_loss
+from .kl_free_bits import _kl_grad_scale, _kl_terms, free_bits_kl_reference, thresholds
 from .reparameterize import reparameterize_reference
 
 
@@ -135,7 +136,7 @@ def sample_and_kl_fwd(mu, logvar, eps, target: float, mode: str):
         mu, logvar, eps, z, row_kl, row_loss, col_part, thresholds(target, D, dtype, mu.device), B, K, D,
         mu.stride(0), mu.stride(1), logvar.stride(0), logvar.stride(1),
         MODE=MODE_IDS[mode], BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D, ACC_DTYPE=acc_dtype(dtype))
-    loss, col_mean, batch_mean = combine_free_bits(row_kl, row_loss, col_part.sum(dim=0), B, D, target, mode)
+    loss, col_mean, batch_mean = free_bits_loss(row_kl, row_loss, col_part.sum(dim=0), B, D, target, mode)
     return z, loss, col_mean, row_kl, batch_mean
 
 
@@ -158,21 +159,57 @@ def sample_and_kl_bwd(dz, grad_loss, eps, mu, logvar, row_kl, col_mean, batch_me
     return dmu, dlogvar
 
 
-class SampleAndKLFunction(torch.autograd.Function):
+# ---------------------------------------------------------------- custom ops
+@torch.library.custom_op("fastvae::sample_and_kl_triton", mutates_args=())
+def _sample_and_kl_op(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor, target: float, mode: str
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z [B, K, D], loss [], col_mean [D], row_kl [B], batch_mean []); the last two are saved for backward."""
+    z, loss, col_mean, row_kl, batch_mean = sample_and_kl_fwd(mu, logvar, eps, target, mode)
+    if mode == "none":  # loss is batch_mean itself; a custom op's outputs may not alias each other
+        batch_mean = batch_mean.clone()
+    return z, loss, col_mean, row_kl, batch_mean
+
+
+@_sample_and_kl_op.register_fake
+def _(mu, logvar, eps, target, mode):
+    B, K, D = eps.shape
+    acc = eps.dtype
+    return (mu.new_empty((B, K, D)), mu.new_empty((), dtype=acc), mu.new_empty(D, dtype=acc),
+            mu.new_empty(B, dtype=acc), mu.new_empty((), dtype=acc))
+
+
+@torch.library.custom_op("fastvae::sample_and_kl_triton_backward", mutates_args=())
+def _sample_and_kl_backward_op(dz: torch.Tensor | None, grad_loss: torch.Tensor | None, eps: torch.Tensor,
+                               mu: torch.Tensor, logvar: torch.Tensor, row_kl: torch.Tensor, col_mean: torch.Tensor,
+                               batch_mean: torch.Tensor, target: float, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return sample_and_kl_bwd(dz, grad_loss, eps, mu, logvar, row_kl, col_mean, batch_mean, target, mode)
+
+
+@_sample_and_kl_backward_op.register_fake
+def _(dz, grad_loss, eps, mu, logvar, row_kl, col_mean, batch_mean, target, mode):
+    return mu.new_empty(mu.shape), logvar.new_empty(logvar.shape)
+
+
+def _setup(ctx, inputs, output):
+    mu, logvar, eps, target, mode = inputs
+    _, _, col_mean, row_kl, batch_mean = output
+    ctx.save_for_backward(mu, logvar, eps, row_kl, col_mean, batch_mean)
+    ctx.target, ctx.mode = target, mode
+    ctx.mark_non_differentiable(col_mean, row_kl, batch_mean)
+    ctx.set_materialize_grads(False)  # an unused z or loss arrives as None: the kernel skips its term
+
+
+def _backward(ctx, dz, grad_loss, _grad_col_mean, _grad_row_kl, _grad_batch_mean):
+    mu, logvar, eps, row_kl, col_mean, batch_mean = ctx.saved_tensors
+    dmu, dlogvar = _sample_and_kl_backward_op(dz, grad_loss, eps, mu, logvar, row_kl, col_mean, batch_mean,
+                                              ctx.target, ctx.mode)
+    return dmu, dlogvar, None, None, None
+
+
+_sample_and_kl_op.register_autograd(_backward, setup_context=_setup)
+
+
+def sample_and_kl_triton(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor, target: float, mode: str):
     """(z [B, K, D], loss, kl_per_dim_mean) with the fused kernels; kl_per_dim_mean has no gradient."""
-
-    @staticmethod
-    def forward(ctx, mu, logvar, eps, target, mode):
-        z, loss, col_mean, row_kl, batch_mean = sample_and_kl_fwd(mu, logvar, eps, target, mode)
-        ctx.save_for_backward(mu, logvar, eps, row_kl, col_mean, batch_mean)
-        ctx.target, ctx.mode = target, mode
-        ctx.mark_non_differentiable(col_mean)
-        ctx.set_materialize_grads(False)
-        return z, loss, col_mean
-
-    @staticmethod
-    def backward(ctx, dz, grad_loss, _grad_col_mean):
-        mu, logvar, eps, row_kl, col_mean, batch_mean = ctx.saved_tensors
-        dmu, dlogvar = sample_and_kl_bwd(dz, grad_loss, eps, mu, logvar, row_kl, col_mean, batch_mean,
-                                         ctx.target, ctx.mode)
-        return dmu, dlogvar, None, None, None
+    z, loss, col_mean, _, _ = _sample_and_kl_op(mu, logvar, eps, float(target), mode)
+    return z, loss, col_mean
