@@ -198,3 +198,24 @@ def test_trainer_from_checkpoint_continues_the_run_bitwise(corpus, tmp_path):
     torch.save({"format_version": 3, "model": {}}, tmp_path / "model_only.pt")
     with pytest.raises(ValueError):
         Trainer.from_checkpoint(str(tmp_path / "model_only.pt"), corpus)
+
+
+def test_the_run_progress_is_saved_and_restored_as_one_object(corpus, tmp_path):
+    """Every RunProgress field is in the checkpoint's training state and comes back from it; the trainer's
+    attributes are the progress object's (one copy); a state that lacks a field is refused, naming it."""
+    from fastvae.training.run_state import RunProgress
+
+    trainer = Trainer(None, corpus, out_dir=str(tmp_path / "run"), recipe="vae", epochs=2, seed=3, **FAST)
+    trainer.fit()
+    state = read_checkpoint(str(tmp_path / "run" / "last.pt"))["trainer"]
+    assert set(RunProgress.field_names()) <= set(state)
+    assert state["global_step"] == trainer.global_step == trainer.progress.global_step > 0
+    assert state["history"] == trainer.history[:len(state["history"])] and state["best_epoch"] == trainer.best_epoch
+    trainer.epoch = 7
+    assert trainer.progress.epoch == 7
+    restored = RunProgress()
+    restored.load_state_dict(state)
+    assert restored.state_dict() == {name: state[name] for name in RunProgress.field_names()}
+    partial = {k: v for k, v in state.items() if k != "position"}
+    with pytest.raises(ValueError, match="lacks position"):
+        RunProgress().load_state_dict(partial)

@@ -197,7 +197,8 @@ def _migrate_1_to_2(ckpt: dict) -> None:
 
 def _migrate_2_to_3(ckpt: dict) -> None:
     """Format 2: no per-batch MI setting (mi_batch was formed over the evaluation batches; a resumed run uses the
-    papers' 32 from then on) and no model family (every model was He et al.'s)."""
+    papers' 32 from then on), no model family (every model was He et al.'s), and, in the oldest, no stop reason
+    in the training state."""
     config = ckpt.get("train_config")
     if config is not None:
         config.setdefault("mi_batch_size", 32)
@@ -205,6 +206,9 @@ def _migrate_2_to_3(ckpt: dict) -> None:
     model_config = ckpt.get("model_config")
     if isinstance(model_config, dict):
         model_config.setdefault("family", "he2019")
+    state = ckpt.get("trainer")
+    if state is not None:
+        state.setdefault("stopped_reason", None)  # formats 1 and 2 before the per-phase stop reason
     ckpt["format_version"] = 3
 
 

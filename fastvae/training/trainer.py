@@ -34,6 +34,7 @@ from .optim import (DEFAULT_LR, OPTIMIZERS, PlateauDecay, clip_grad_norm, make_o
                     sparse_embedding_gradients_apply)
 from .recipes import RECIPE_OPTIONS, Recipe, build_recipe
 from .run_dir import open_run_directory
+from .run_state import ProgressField, RunProgress
 from .schedules import CosineRestartLR
 from .step import StepResult
 from ..data.fingerprint import describe_changes
@@ -152,6 +153,17 @@ class Trainer:
     model or draw from the global RNG if a resumed run is to stay bitwise equal.
     """
 
+    # where the run is: attributes of self.progress (a RunProgress), saved and restored as one object
+    phase_index = ProgressField()
+    epoch = ProgressField()
+    position = ProgressField()
+    step = ProgressField()
+    global_step = ProgressField()
+    best_value = ProgressField()
+    best_epoch = ProgressField()
+    history = ProgressField()
+    stopped_reason = ProgressField()
+
     def __init__(self, model, corpus, *, recipe: str = "vae", out_dir: str | None = None,
                  recipe_options: dict | None = None, corpus_info: dict | None = None,
                  distributed: DistContext | None = None, overwrite: bool = False, allow_changed_data: bool = False,
@@ -233,15 +245,9 @@ class Trainer:
         self.plateau_decay = (self.cfg.plateau_decay if self.cfg.plateau_decay is not None
                               else defaults.get("plateau_decay", True))
 
-        # state (all of it goes into checkpoints)
-        self.phase_index = 0
-        self.epoch = 0  # epoch within the current phase (0-based)
-        self.position = 0  # next batch index within the epoch
-        self.step = 0  # optimiser steps within the current phase (drives the KL schedule)
-        self.global_step = 0
-        self.history: list = []
-        self.best_value = math.inf
-        self.best_epoch = None
+        # state (all of it goes into checkpoints): where the run is, as one object (run_state.py), and the
+        # objects that keep their own state
+        self.progress = RunProgress()
         self._best_state = None
         self.plateau: PlateauDecay | None = None
         self.optimizers: dict = {}
@@ -254,7 +260,6 @@ class Trainer:
         self._noise_gen = torch.Generator(device=self.device).manual_seed(_derive_seed(self.cfg.seed, 5))
         self._batches: list = []
         self.test_metrics = None
-        self.stopped_reason = None
 
     # ----------------------------------------------------------------- setup helpers
     @staticmethod
@@ -509,12 +514,9 @@ class Trainer:
             sums = None if self._epoch_sums is None else {k: float(v) for k, v in self._epoch_sums.items()}
             ckpt.update({
                 "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
-                "trainer": {"phase_index": self.phase_index, "epoch": self.epoch, "position": self.position,
-                            "step": self.step, "global_step": self.global_step,
+                "trainer": {**self.progress.state_dict(),
                             "plateau": None if self.plateau is None else self.plateau.state_dict(),
-                            "best_value": self.best_value, "best_epoch": self.best_epoch,
-                            "policy": self.phase.policy.state_dict(), "epoch_sums": sums,
-                            "history": self.history, "stopped_reason": self.stopped_reason},
+                            "policy": self.phase.policy.state_dict(), "epoch_sums": sums},
                 "rng": capture_rng_state(data=self._data_gen, aux=self._aux_gen, noise=self._noise_gen),
                 "train_config": dataclasses.asdict(self.cfg),
                 "world_size": self.dist.world_size,
@@ -905,14 +907,10 @@ class Trainer:
                              f"(fastvae train --resume RUN_DIR)")
         state = ckpt["trainer"]
         self.model.load_state_dict(ckpt["model"])
-        self.phase_index, self.epoch = state["phase_index"], state["epoch"]
-        self.position, self.step, self.global_step = state["position"], state["step"], state["global_step"]
+        self.progress.load_state_dict(state)
         self.plateau = self._new_plateau()
         self.plateau.load_state_dict(state["plateau"])
-        self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
         self.phase.policy.load_state_dict(dict(state["policy"]))
-        self.history = list(state["history"])
-        self.stopped_reason = state.get("stopped_reason")
         self._new_optimizers(self.plateau.lr)
         for name, opt in self.optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][name])
