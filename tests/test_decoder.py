@@ -249,3 +249,16 @@ def test_decoder_under_cpu_bf16_autocast_trains_and_generates():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = dec.generate(z, 1, 2, 5)
     assert len(out) == 4 and all(len(s) <= 5 for s in out)
+
+
+def test_value_checks_read_cpu_tensors_and_gpu_tensors_only_when_asked(monkeypatch):
+    """Range checks of ids and lengths read values back: free for CPU tensors, a host sync per call on a GPU,
+    so there they run only with FASTVAE_CHECK_VALUES=1 (a meta tensor stands in for a device tensor here)."""
+    from fastvae.nn.decoder import check_values
+
+    on_device = torch.empty(3, dtype=torch.long, device="meta")
+    monkeypatch.delenv("FASTVAE_CHECK_VALUES", raising=False)
+    assert check_values(torch.zeros(3, dtype=torch.long))
+    assert not check_values(on_device)
+    monkeypatch.setenv("FASTVAE_CHECK_VALUES", "1")
+    assert check_values(on_device)

@@ -13,6 +13,8 @@ part, applied once per sequence; the recurrence adds both at every step (fastvae
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,6 +30,16 @@ DEFAULT_MAX_LOGITS = 2**25
 
 def _compiling() -> bool:
     return torch.compiler.is_compiling()
+
+
+def check_values(tensor: torch.Tensor) -> bool:
+    """Whether to read token ids and lengths back to check their range. CPU tensors: always (a memory read).
+    GPU tensors: only with FASTVAE_CHECK_VALUES=1, since each check is a host sync, per call, and the aggressive
+    policy's inner loop multiplies the calls (fastvae's data layer builds ids from its vocabulary, on the host).
+    Never while torch.compile traces (values are not known then)."""
+    if _compiling():
+        return False
+    return tensor.device.type == "cpu" or os.environ.get("FASTVAE_CHECK_VALUES", "0") == "1"
 
 
 def _check_ids(what, ids, vocab_size):
@@ -122,8 +134,8 @@ class LSTMDecoder(nn.Module):
         B, T = inputs.shape
         if T == 0:
             raise ValueError("LSTMDecoder: inputs have 0 time steps; they must start with <s>")
-        check_values = not _compiling()  # value checks read data: skipped while torch.compile traces
-        if check_values:
+        values = check_values(inputs)
+        if values:
             _check_ids("token ids", inputs, self.vocab_size)
         if not isinstance(z, torch.Tensor) or z.dim() not in (2, 3) or z.shape[0] != B \
                 or z.shape[-1] != self.latent_dim:
@@ -142,7 +154,7 @@ class LSTMDecoder(nn.Module):
                                  + (f"{lengths.dtype} of shape {tuple(lengths.shape)}"
                                     if isinstance(lengths, torch.Tensor) else type(lengths).__name__))
             # T + 1 accepts Batch.lengths (tokens incl. </s>) for decoder inputs tokens[:, :-1].
-            if check_values and B:
+            if values and B:
                 low, high = (int(v) for v in torch.aminmax(lengths))
                 if low < 1 or high > T + 1:
                     raise ValueError(f"LSTMDecoder: lengths must be in [1, {T + 1}] for inputs of {T} steps, got "
@@ -195,7 +207,7 @@ class LSTMDecoder(nn.Module):
             raise ValueError(f"LSTMDecoder: targets must be a LongTensor shaped like inputs {tuple(inputs.shape)}, got "
                              + (f"{targets.dtype} of shape {tuple(targets.shape)}"
                                 if isinstance(targets, torch.Tensor) else type(targets).__name__))
-        if not _compiling():
+        if check_values(targets):
             _check_ids("target ids", targets, self.vocab_size)
 
     def _fused_nll(self, hidden, targets, mask, scale: float):
