@@ -7,6 +7,8 @@ import sys
 import time
 import warnings
 
+from . import options
+
 
 def _cmd_info(args) -> int:
     from . import info
@@ -81,9 +83,12 @@ _CORPUS_FLAGS = ["data", "train", "valid", "test", "corpus", "max_vocab", "min_c
 _RECIPE_FLAGS = ["kl_start", "warm_up", "beta", "variant", "cycles", "ratio", "ramp", "cycle_epochs", "lr_restart",
                  "fb_mode", "target_kl", "aggressive", "max_inner_steps", "inner_window", "aggressive_epochs",
                  "pretrain_epochs"]
-_TRAIN_FLAGS = ["epochs", "batch_size", "batch_mode", "optimizer", "lr", "momentum", "clip", "patience",
-                "decay_factor", "decay_min_epoch", "max_decays", "plateau_decay", "seed", "device", "precision",
-                "iw_samples", "eval_batch_size", "mi_batch_size", "log_interval", "checkpoint_every"]
+# fastvae train's flags that are TrainConfig fields: generated from its declarations (fastvae.options)
+_OPTIMISATION_FLAGS = ["epochs", "batch_size", "batch_mode", "optimizer", "lr", "momentum", "clip", "patience",
+                       "decay_factor", "decay_min_epoch", "max_decays", "plateau_decay"]
+_RUN_FLAGS = ["seed", "device", "precision", "iw_samples", "eval_batch_size", "mi_batch_size", "log_interval",
+              "checkpoint_every"]
+_TRAIN_FLAGS = _OPTIMISATION_FLAGS + _RUN_FLAGS
 
 
 def _cmd_train(args) -> int:
@@ -122,6 +127,7 @@ def _train(args, ctx) -> int:
     from .training import Trainer
     from .training.checkpoint import read_checkpoint
     from .training.distributed import broadcast_object, main_reads
+    from .training.trainer import TrainConfig
 
     if args.resume:
         if any(getattr(args, f) is not None for f in _RECIPE_FLAGS + _TRAIN_FLAGS) or args.recipe or args.config:
@@ -154,9 +160,7 @@ def _train(args, ctx) -> int:
         script = recipe == "cyclical" and args.variant == "ptb-script"
         config = args.config or ("tiny" if builtin else ("ptb-fu2019" if script else "ptb"))
         recipe_options = {f: getattr(args, f) for f in _RECIPE_FLAGS if getattr(args, f) is not None}
-        train_options = {f: getattr(args, f) for f in _TRAIN_FLAGS if getattr(args, f) is not None}
-        if "plateau_decay" in train_options:
-            train_options["plateau_decay"] = train_options["plateau_decay"] == "on"
+        train_options = options.from_arguments(args, TrainConfig, _TRAIN_FLAGS)
         if "epochs" not in train_options and builtin:
             train_options["epochs"] = DEMO_EPOCHS  # elsewhere the recipe's (100; cyclical ptb-script: 40)
         if builtin and "optimizer" not in train_options and "lr" not in train_options:
@@ -408,22 +412,13 @@ def _cmd_generate(args) -> int:
     return 0
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _nonneg_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
+_positive_int = options.int_type(1)
+_nonneg_int = options.int_type(0)
 
 
 def _add_train_parser(sub):
     from .training.objectives import FREE_BITS_MODES
+    from .training.trainer import TrainConfig
     from .training.recipes import CYCLICAL_VARIANTS, LR_RESTARTS, RECIPE_NAMES
     from .training.schedules import RAMPS
 
@@ -471,22 +466,10 @@ def _add_train_parser(sub):
                         "the MI stop alone, as He et al.)")
     g.add_argument("--pretrain-epochs", type=_positive_int, help="pretrain-fb: epochs of the AE phase")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=_positive_int,
-                   help=f"epochs per phase (default {DEMO_EPOCHS} on a built-in corpus, otherwise 100, and 40 for "
-                        "cyclical's ptb-script variant, Fu et al.'s script)")
-    g.add_argument("--batch-size", type=_positive_int)
-    g.add_argument("--batch-mode", choices=["bucket", "padded"])
-    g.add_argument("--optimizer", choices=["sgd", "adam"], help="default sgd; adam on a built-in corpus")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--clip", type=float, help="gradient-norm clip (5; 0 = off)")
-    g.add_argument("--patience", type=_positive_int, help="epochs without improvement before a decay")
-    g.add_argument("--decay-factor", type=float)
-    g.add_argument("--decay-min-epoch", type=_nonneg_int, help="no decay before this epoch (15)")
-    g.add_argument("--max-decays", type=_positive_int, help="stop after this many decays (5)")
-    g.add_argument("--plateau-decay", choices=["on", "off"], type=str.lower,
-                   help="decay-on-plateau with best-checkpoint reload (default on; off for cyclical's ptb-script "
-                        "variant, whose schedule is the cosine restart)")
+    on_builtin = {"epochs": f"; {DEMO_EPOCHS} on a built-in corpus",
+                  "optimizer": f"; adam at lr {DEMO_ADAM_LR:g} on a built-in corpus",
+                  "lr": f"; {DEMO_ADAM_LR:g} (adam) on a built-in corpus"}
+    options.add_arguments(g, TrainConfig, _OPTIMISATION_FLAGS, extra_help=on_builtin)
     g = p.add_argument_group("run")
     g.add_argument("--out", help="run directory (default runs/<recipe>-<time>); one that already holds a run is "
                                  "refused unless --overwrite")
@@ -497,18 +480,8 @@ def _add_train_parser(sub):
                    help="replace the run in --out (deletes fastvae's own files there: checkpoints, config.json, "
                         "metrics.jsonl, training.png)")
     g.add_argument("--resume", help="continue the run in this directory (or last.pt) exactly where it stopped")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", help="cpu or cuda")
+    options.add_arguments(g, TrainConfig, _RUN_FLAGS)
     _add_threads_option(g)
-    g.add_argument("--precision", choices=["fp32", "bf16", "auto"],
-                   help="fp32 (default); bf16: bf16 GEMMs on bf16 weight copies, float32 master weights, loss and "
-                        "optimiser; auto: bf16 where the CPU has AMX/AVX512-BF16 or the GPU supports bf16")
-    g.add_argument("--iw-samples", type=_nonneg_int, help="importance samples of the test NLL (500; 0: none)")
-    g.add_argument("--eval-batch-size", type=_positive_int, help="sentences evaluated at once (default 64)")
-    g.add_argument("--mi-batch-size", type=_positive_int,
-                   help="the per-batch MI estimator's batch (default 32, He et al.'s); aggressive's MI stop uses it")
-    g.add_argument("--log-interval", type=_positive_int)
-    g.add_argument("--checkpoint-every", type=_nonneg_int, help="steps between mid-epoch last.pt writes")
     g.add_argument("--examples", type=_nonneg_int, default=3,
                    help="reconstructions/samples printed at the end (default 3; 0: none)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -37,11 +37,12 @@ from .run_dir import open_run_directory
 from .run_state import ProgressField, RunProgress
 from .schedules import CosineRestartLR
 from .step import StepResult
+from ..data.batching import BATCH_MODES
 from ..data.fingerprint import describe_changes
 from ..devices import resolve_device
+from ..options import option, validate as validate_options
 from ..precision import PRECISIONS, resolve as resolve_precision
 
-BATCH_MODES = ("bucket", "padded")
 
 
 class TrainingDiverged(RuntimeError):
@@ -58,70 +59,55 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @dataclass
 class TrainConfig:
-    """Training options (the recipe's own options live in `recipe_options`)."""
+    """Training options (the recipe's own options live in `recipe_options`). Each is declared once, with its
+    help and bounds (fastvae.options): `validate()` and the command line's flags are generated from these."""
 
-    recipe: str = "vae"
-    recipe_options: dict = field(default_factory=dict)
-    config: str = "tiny"  # model config name (used when no model is given)
-    epochs: int | None = None  # None: the recipe's default (100; 40 for cyclical's ptb-script, Fu et al.'s script)
-    batch_size: int | None = None  # None: the model config's batch size
-    batch_mode: str = "bucket"
-    optimizer: str | None = None  # None: the recipe's default (sgd, or adam for cyclical ptb-script)
-    lr: float | None = None  # None: the recipe's default for the optimizer
-    momentum: float = 0.0
-    clip: float = 5.0
-    patience: int | None = None  # None: the recipe's default (He et al. 2, Li et al. 5)
-    decay_factor: float = 0.5
-    decay_min_epoch: int = 15
-    max_decays: int = 5
-    plateau_decay: bool | None = None  # None: the recipe's default (on; off for cyclical's ptb-script variant)
-    seed: int = 0
-    device: str = "cpu"
-    precision: str = "fp32"  # fp32 | bf16 | auto (fastvae.precision)
-    eval_batch_size: int = 64  # sentences evaluated at once (speed and memory only)
-    mi_batch_size: int = 32  # the per-batch MI estimator's batch (He et al.: 32); drives aggressive's MI stop
-    iw_samples: int = 500  # importance samples of the final test NLL (0: no IW-NLL)
-    log_interval: int = 50  # steps between host reads (progress bar, NaN check)
-    checkpoint_every: int = 0  # steps between mid-epoch `last.pt` writes (0: at epoch ends only)
-    progress: bool = True
-    verbose: bool = True
+    recipe: str = option("vae", "the recipe (fastvae.training.recipes)", kind=str, flag=False)
+    recipe_options: dict = option({}, "the recipe's own options", kind=dict, flag=False)
+    config: str = option("tiny", "model config name (used when no model is given)", kind=str, flag=False)
+    epochs: int | None = option(None, "epochs per phase", kind=int, minimum=1,
+                                unset="the recipe's: 100, and 40 for cyclical's ptb-script variant, Fu et al.'s script")
+    batch_size: int | None = option(None, "sentences per batch", kind=int, minimum=1, unset="the model config's")
+    batch_mode: str = option("bucket", "bucket: sentences of one length per batch (the references); padded",
+                             kind=str, choices=BATCH_MODES)
+    optimizer: str | None = option(None, "sgd or adam", kind=str, choices=OPTIMIZERS,
+                                   unset="the recipe's: sgd, adam for cyclical's ptb-script")
+    lr: float | None = option(None, "learning rate", kind=float, minimum=0, exclusive=True,
+                              unset="the recipe's for the optimizer")
+    momentum: float = option(0.0, "SGD momentum", kind=float, minimum=0)
+    clip: float = option(5.0, "gradient-norm clip (0: off)", kind=float, minimum=0)
+    patience: int | None = option(None, "epochs without improvement before a decay", kind=int, minimum=1,
+                                  unset="the recipe's: He et al. 2, Li et al. 5")
+    decay_factor: float = option(0.5, "learning-rate factor of a decay", kind=float, minimum=0)
+    decay_min_epoch: int = option(15, "no decay before this epoch", kind=int, minimum=0)
+    max_decays: int = option(5, "stop after this many decays", kind=int, minimum=1)
+    plateau_decay: bool | None = option(None, "decay-on-plateau with best-checkpoint reload", kind=bool,
+                                        unset="the recipe's: on, off for cyclical's ptb-script variant, whose "
+                                              "schedule is the cosine restart")
+    seed: int = option(0, "random seed of the run", kind=int)
+    device: str = option("cpu", "cpu or cuda", kind=str)
+    precision: str = option("fp32", "fp32; bf16: bf16 GEMMs on bf16 weight copies, float32 master weights, loss "
+                                    "and optimiser; auto: bf16 where the CPU has AMX/AVX512-BF16 or the GPU "
+                                    "supports bf16 (fastvae.precision)", kind=str, choices=PRECISIONS)
+    eval_batch_size: int = option(64, "sentences evaluated at once (speed and memory only)", kind=int, minimum=1)
+    mi_batch_size: int = option(32, "the per-batch MI estimator's batch (He et al.'s 32); aggressive's MI stop "
+                                    "uses it", kind=int, minimum=1)
+    iw_samples: int = option(500, "importance samples of the final test NLL (0: no IW-NLL)", kind=int, minimum=0)
+    log_interval: int = option(50, "steps between host reads (progress bar, NaN check)", kind=int, minimum=1)
+    checkpoint_every: int = option(0, "steps between mid-epoch last.pt writes (0: at epoch ends only)", kind=int,
+                                   minimum=0)
+    progress: bool = option(True, "progress bar", kind=bool, flag=False)
+    verbose: bool = option(True, "print epoch lines", kind=bool, flag=False)
 
     def validate(self) -> None:
-        def positive_int(name, value, allow_zero=False):
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-                raise ValueError(f"{name} must be an int >= {0 if allow_zero else 1}, got {value!r}")
-
-        if self.epochs is not None:
-            positive_int("epochs", self.epochs)
-        if self.batch_size is not None:
-            positive_int("batch_size", self.batch_size)
-        positive_int("eval_batch_size", self.eval_batch_size)
-        positive_int("mi_batch_size", self.mi_batch_size)
-        positive_int("iw_samples", self.iw_samples, allow_zero=True)
-        positive_int("log_interval", self.log_interval)
-        positive_int("checkpoint_every", self.checkpoint_every, allow_zero=True)
-        positive_int("decay_min_epoch", self.decay_min_epoch, allow_zero=True)
-        positive_int("max_decays", self.max_decays)
-        if self.patience is not None:
-            positive_int("patience", self.patience)
-        if self.plateau_decay is not None and not isinstance(self.plateau_decay, bool):
-            raise ValueError(f"plateau_decay must be True, False or None (the recipe's), got {self.plateau_decay!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
-        if self.batch_mode not in BATCH_MODES:
-            raise ValueError(f"unknown batch mode {self.batch_mode!r}: expected one of {', '.join(BATCH_MODES)}")
-        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
-        for name in ("clip", "momentum", "decay_factor"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        validate_options(self)
         if self.momentum and self.optimizer == "adam":
             raise ValueError("conflicting options: momentum applies to sgd, not adam")
+
+    @classmethod
+    def flags(cls) -> list:
+        """The fields that are command-line options (`fastvae train --name-with-dashes`)."""
+        return [f.name for f in dataclasses.fields(cls) if f.metadata["fastvae"]["flag"]]
 
 
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}

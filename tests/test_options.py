@@ -1,0 +1,62 @@
+"""Options declared once (fastvae.options): TrainConfig's declarations drive both its validation and the flags of
+`fastvae train`, so the two cannot drift apart."""
+import dataclasses
+
+import pytest
+
+from fastvae import options
+from fastvae.cli import build_parser
+from fastvae.training.trainer import TrainConfig
+
+
+def _train_parser():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return sub.choices["train"]
+
+
+def test_every_train_config_flag_is_a_cli_flag_with_the_declared_default_in_its_help():
+    actions = {a.dest: a for a in _train_parser()._actions}
+    for name in TrainConfig.flags():
+        action = actions[name]
+        assert action.option_strings == ["--" + name.replace("_", "-")]
+        assert action.default is None  # not given: the dataclass's default applies
+        default = TrainConfig.__dataclass_fields__[name].default
+        if default is not None and not isinstance(default, bool):
+            assert f"default: {default}" in action.help, name
+    not_flags = {f.name for f in dataclasses.fields(TrainConfig)} - set(TrainConfig.flags())
+    assert not_flags == {"recipe", "recipe_options", "config", "progress", "verbose"}
+
+
+@pytest.mark.parametrize("flag, text, field_value", [
+    ("--epochs", "0", {"epochs": 0}), ("--iw-samples", "-1", {"iw_samples": -1}), ("--lr", "0", {"lr": 0.0}),
+    ("--clip", "nan", {"clip": float("nan")}), ("--batch-mode", "ragged", {"batch_mode": "ragged"}),
+])
+def test_a_bound_is_enforced_by_the_flag_and_by_validate_alike(capsys, flag, text, field_value):
+    with pytest.raises(SystemExit):
+        _train_parser().parse_args([flag, text])
+    assert flag in capsys.readouterr().err
+    with pytest.raises(ValueError):
+        TrainConfig(**field_value).validate()
+
+
+def test_given_flags_reach_the_config_converted_and_others_stay_unset():
+    args = _train_parser().parse_args(["--epochs", "3", "--plateau-decay", "OFF", "--lr", "0.5"])
+    given = options.from_arguments(args, TrainConfig, TrainConfig.flags())
+    assert given == {"epochs": 3, "plateau_decay": False, "lr": 0.5}
+    config = TrainConfig(**given)
+    config.validate()
+    assert config.iw_samples == 500 and config.plateau_decay is False
+
+
+def test_validation_messages_name_the_option():
+    with pytest.raises(ValueError, match="mi_batch_size must be an int >= 1, got 0"):
+        TrainConfig(mi_batch_size=0).validate()
+    with pytest.raises(ValueError, match="seed must be an int, got 1.5"):
+        TrainConfig(seed=1.5).validate()
+    with pytest.raises(ValueError, match="plateau_decay must be True, False or None"):
+        TrainConfig(plateau_decay="yes").validate()
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        TrainConfig(precision="fp8").validate()
+    with pytest.raises(ValueError, match="momentum applies to sgd"):
+        TrainConfig(momentum=0.9, optimizer="adam").validate()
