@@ -1,5 +1,7 @@
-// The LSTM pointwise math of one step, shared by the CPU kernels and the CUDA kernels.
-// Torch-free (plain C++ / CUDA): the .cu files include it without torch's headers.
+// The LSTM pointwise math of one (row, unit) for the CUDA kernels, and the per-step argument structs that the
+// shared time loop (lstm_loops.h) hands to each device's step. The CPU kernels (cpu/lstm_cpu.cpp) write the same
+// math out over whole rows instead, with vec_math.h's exp (std::exp per element does not vectorise); the tests
+// hold both to the torch reference. Torch-free (plain C++ / CUDA): the .cu files include it without torch's headers.
 // Gate order is torch.nn.LSTM's: input, forget, cell (g), output. Acc is the compute type
 // (float for half/bfloat16 storage, else the storage type).
 #pragma once

@@ -202,7 +202,7 @@ def _train(args, ctx) -> int:
 def _print_examples(model, corpus, num, seed=0):
     import torch
 
-    from .training import generation
+    from . import generation
 
     vocab = corpus.vocab
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
@@ -359,7 +359,7 @@ def _cmd_generate(args) -> int:
 
     import torch
 
-    from .training import generation
+    from . import generation
     from .training.checkpoint import load_model
 
     model, vocab, ckpt = load_model(args.checkpoint, device=args.device)

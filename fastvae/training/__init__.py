@@ -5,8 +5,9 @@
 - `policies`: encoder-update policies (joint, aggressive)
 - `recipes`: phases and the named recipes (lm, vae, beta, cyclical, aggressive, pretrain-fb)
 - `optim`: optimisers and the references' decay-on-plateau
-- `trainer`: `Trainer`, the run directory, checkpoints (`checkpoint`), plots (`plots`)
-- `generation`: reconstructions, prior samples, interpolations
+- `trainer`: `Trainer`, its options (`TrainConfig`), the run directory (`run_dir`), checkpoints (`checkpoint`), the run
+  state (`run_state`), plots (`plots`)
+(Reconstructions, prior samples and interpolations: `fastvae.generation`.)
 """
 from .objectives import FREE_BITS_MODES, KLObjective
 from .optim import PlateauDecay, make_optimizer

@@ -205,7 +205,6 @@ def build_recipe(name: str, options: dict | None = None) -> Recipe:
                         lr_restart=opts["lr_restart"])]
         if opts["variant"] == "ptb-script":
             # the script's learning-rate schedule is the cosine restart alone: no decay-on-plateau (which
-            # would also reload the best checkpoint, a low-KL one from a weight-1 stretch)
             # would also reload the best checkpoint, a low-KL one from a weight-1 stretch); its 40 epochs
             train_defaults.update({"optimizer": "adam", "lr": 1e-3, "plateau_decay": False, "epochs": 40})
     elif name == "pretrain-fb":

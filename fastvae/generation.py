@@ -14,7 +14,7 @@ def _check_vae(model):
 
 def encode_sentences(model, vocab, sentences, device="cpu"):
     """Whitespace-tokenised sentences -> (tokens [B, T], lengths [B]) as `<s> w1..wn </s>` padded."""
-    from ..data import BOS, EOS, PAD
+    from .data import BOS, EOS, PAD
 
     rows = []
     for i, sentence in enumerate(sentences):
@@ -31,7 +31,7 @@ def encode_sentences(model, vocab, sentences, device="cpu"):
 
 
 def _decode(model, vocab, z, strategy, max_len, temperature, top_k, beam_size, generator):
-    from ..data import BOS, EOS
+    from .data import BOS, EOS
 
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown decoding strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
