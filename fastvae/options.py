@@ -82,15 +82,6 @@ def int_type(minimum=None):
     return parse
 
 
-def _argparse_number(minimum, exclusive):
-    def parse(text):
-        try:
-            return check_number("the value", float(text), minimum, exclusive)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"expected {str(exc)[len('the value must be '):]}") from None
-    return parse
-
-
 def _default_text(f, meta) -> str:
     if f.default is None:
         return meta["unset"] or "unset"
@@ -101,7 +92,8 @@ def _default_text(f, meta) -> str:
 
 def add_arguments(group, cls, names, extra_help: dict | None = None) -> list:
     """Add `--name-with-dashes` flags for the declared fields `names` of dataclass `cls` to an argparse group;
-    returns the field names. Values are parsed and bounded as declared; bools are `on|off`."""
+    returns the field names. ints are parsed and bounded as declared, floats are bounded by `validate()`
+    (one message for the Python API and the command line); bools are `on|off`."""
     declared = {f.name: (f, meta) for f, meta in _declared(cls)}
     extra_help = extra_help or {}
     for name in names:
@@ -117,8 +109,8 @@ def add_arguments(group, cls, names, extra_help: dict | None = None) -> list:
             group.add_argument(flag, choices=list(meta["choices"]), help=help_text)
         elif kind is int:
             group.add_argument(flag, type=int_type(meta["minimum"]), help=help_text)
-        elif kind is float:
-            group.add_argument(flag, type=_argparse_number(meta["minimum"], meta["exclusive"]), help=help_text)
+        elif kind is float:  # bounds: validate(), whose message names the option as the others do
+            group.add_argument(flag, type=float, help=help_text)
         else:
             group.add_argument(flag, help=help_text)
     return list(names)
