@@ -1,7 +1,8 @@
 """LSTM decoder core: fastvae vs torch.nn.LSTM (oneDNN on CPU, cuDNN on GPU) vs a Python nn.LSTMCell loop.
 
 Run:  pytest benchmarks/bench_decoder.py --benchmark-only --benchmark-json benchmarks/results/cpu-decoder.json
-      python benchmarks/bench_decoder.py summarize benchmarks/results/cpu-decoder.json > benchmarks/results/cpu-decoder.md
+      python benchmarks/bench_decoder.py summarize benchmarks/results/cpu-decoder.json \
+          > benchmarks/results/cpu-decoder.md
 
 Workloads (all the decoder of recipes.md: z concatenated to every input, c0 from z; the output layer is left
 out because it is the same GEMM for every provider and would only dilute the ratios):

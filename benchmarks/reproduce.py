@@ -545,8 +545,8 @@ def render_table(runs: list[dict], *, config: str, published: str, budget: Budge
     """The markdown table: our test metrics per recipe beside the published ones, then the verdict."""
     pub_title = {"yahoo": "Yahoo", "yelp15": "Yelp15"}.get(published)
     head = ("| recipe | NLL (IW-{k}) | KL | MI per batch | MI whole split | AU | PPL | probe acc | BLEU greedy / beam "
-            "(mean) | BLEU greedy / beam (sample) | semi-sup. acc 100 / 1000 | epochs | train time | verdict | published NLL / KL / MI{p} |").format(
-        k=iw_samples, p=f" ({pub_title})" if pub_title else "")
+            "(mean) | BLEU greedy / beam (sample) | semi-sup. acc 100 / 1000 | epochs | train time | verdict | "
+            "published NLL / KL / MI{p} |").format(k=iw_samples, p=f" ({pub_title})" if pub_title else "")
     lines = [head, "|" + "---|" * 15]
     for r in runs:
         t = r["test"]
@@ -555,11 +555,13 @@ def render_table(runs: list[dict], *, config: str, published: str, budget: Budge
             _num(t.get("mi_batch")), _num(t.get("mi")),
             _num(int(t["au"]) if "au" in t else None), _num(t.get("ppl")), _num(t.get("probe_acc"), 3),
             _pair(t, "mean"), _pair(t, "sample"),
-            " / ".join(_num(t.get(f"ss_acc_{n}"), 3) for n in SS_LABEL_COUNTS), str(r.get("epochs_run", "-")), f"{r.get('train_seconds', 0.0) / 60:.1f} min", collapse_verdict(r),
+            " / ".join(_num(t.get(f"ss_acc_{n}"), 3) for n in SS_LABEL_COUNTS), str(r.get("epochs_run", "-")),
+            f"{r.get('train_seconds', 0.0) / 60:.1f} min", collapse_verdict(r),
             published_cells(r["recipe"], published) + " |"]))
     notes = [f"Budget `{budget.name}`: {budget.max_train or 'all'} training sentences, {budget.max_eval or 'all'} "
              f"valid/test sentences, {budget.epochs} epochs, KL warm-up "
-             f"{budget.warm_up if budget.warm_up is not None else 10} epochs (vae, aggressive, pretrain-fb), pretraining "
+             f"{budget.warm_up if budget.warm_up is not None else 10} epochs (vae, aggressive, pretrain-fb), "
+             f"pretraining "
              f"{budget.pretrain_epochs or budget.epochs} epochs, aggressive phase "
              f"{f'capped at {budget.aggressive_epochs} epochs' if budget.aggressive_epochs else 'until the MI stop'}, "
              f"IW samples {iw_samples}, vocabulary cap "

@@ -179,7 +179,8 @@ def main(argv=None) -> int:
 
     result = {"format": RESULTS_FORMAT, "hardware": hardware, "slug": slug, "device": device,
               "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-              "quick": args.quick, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "quick": args.quick,
+              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": "python benchmarks/run_all.py" + (" --quick" if args.quick else "")
               + (f" --suites {args.suites}" if args.suites else ""),
               "git_commit": _git_commit(), "env_note": env_note, "load_average_start": load_start,

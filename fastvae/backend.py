@@ -243,10 +243,30 @@ def _constant_when_traced(fn):
     return fn
 
 
+_REPORTED: set = set()
+
+
+def _report(name: str, device_type: str, choice: str) -> str:
+    """A DEBUG line the first time an op is decided for a device (`fastvae train --verbose` shows it)."""
+    key = (name, device_type, choice)
+    if key not in _REPORTED:
+        _REPORTED.add(key)
+        import logging
+
+        logging.getLogger("fastvae.backend").debug("%s on %s tensors runs the %s path", name, device_type, choice)
+    return choice
+
+
 @_constant_when_traced
-def _decide(triton: bool, cpp: bool, device_type: str) -> str:
-    """The choice itself. Under torch.compile this runs once per trace, in plain Python, and its result is a
-    constant of the graph (it reads the environment and imports lazily, which tracing could not follow)."""
+def _decide(name: str, triton: bool, cpp: bool, device_type: str) -> str:
+    """The choice for op `name`. Under torch.compile this runs once per trace, in plain Python, and its result is
+    a constant of the graph (it reads the environment and imports lazily, which tracing could not follow)."""
+    return _report(name, device_type, _choose(triton, cpp, device_type))
+
+
+def _choose(triton: bool, cpp: bool, device_type: str) -> str:
+    """The rule (module docstring): a named backend the op implements, else Triton for CUDA tensors, else the
+    compiled core, else the reference."""
     wanted = requested_backend()
     if wanted == TORCH:
         return TORCH
@@ -267,7 +287,7 @@ def _decide(triton: bool, cpp: bool, device_type: str) -> str:
 def select(op: str | OpInfo, device: torch.device | str) -> str:
     """The backend ('triton', 'cpp' or 'torch') that `op` uses for tensors on `device`."""
     info = OPS[op] if isinstance(op, str) else op
-    return _decide(info.triton, info.cpp, torch.device(device).type)
+    return _decide(info.name, info.triton, info.cpp, torch.device(device).type)
 
 
 @_constant_when_traced

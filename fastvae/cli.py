@@ -7,7 +7,7 @@ import sys
 import time
 import warnings
 
-from . import options
+from . import logs, options
 
 
 def _cmd_info(args) -> int:
@@ -122,6 +122,18 @@ def _resume_device(args) -> str:
 
 
 def _train(args, ctx) -> int:
+    previous = logs.logger.level  # --quiet/--verbose hold for this command only (main() may run again in-process)
+    logs.set_level(quiet=args.quiet, verbose=args.verbose)
+    try:
+        if args.json or not ctx.is_main:  # the JSON object is the only output (rank 0's)
+            return _train_with_levels_set(args, ctx)
+        with logs.console_output(application=True):  # the program: its lines go to stdout
+            return _train_with_levels_set(args, ctx)
+    finally:
+        logs.logger.setLevel(previous)
+
+
+def _train_with_levels_set(args, ctx) -> int:
     import json
 
     from .training import Trainer
@@ -172,10 +184,10 @@ def _train(args, ctx) -> int:
 
     data_report = {split: {"sentences": len(corpus.split(split)), "unk_rate": unk_rate(corpus.split(split))}
                    for split in ("train", "valid", "test")}
-    if ctx.is_main and not args.json:
-        print("fastvae train: data: " + ", ".join(
-            f"{split} {row['sentences']:,} sentences (<unk> {row['unk_rate']:.1%})" for split, row in data_report.items())
-            + f"; vocabulary {len(corpus.vocab):,}")
+    if ctx.is_main and not args.json:  # an INFO line (--quiet drops it), as the trainer's
+        logs.logger.info("fastvae train: data: " + ", ".join(
+            f"{split} {row['sentences']:,} sentences (<unk> {row['unk_rate']:.1%})"
+            for split, row in data_report.items()) + f"; vocabulary {len(corpus.vocab):,}")
     if args.resume:
         trainer = Trainer.from_checkpoint(args.resume, corpus, corpus_info=corpus_info, distributed=ctx,
                                           allow_changed_data=args.allow_changed_data, checkpoint=saved,
@@ -418,9 +430,9 @@ _nonneg_int = options.int_type(0)
 
 def _add_train_parser(sub):
     from .training.objectives import FREE_BITS_MODES
-    from .training.trainer import TrainConfig
     from .training.recipes import CYCLICAL_VARIANTS, LR_RESTARTS, RECIPE_NAMES
     from .training.schedules import RAMPS
+    from .training.trainer import TrainConfig
 
     p = sub.add_parser("train", help="train a text VAE (or the LSTM LM baseline) with a recipe",
                        description="Train with a published recipe. With no data argument, trains the tiny config "
@@ -452,9 +464,9 @@ def _add_train_parser(sub):
     g.add_argument("--ratio", type=float, help="cyclical: fraction R of a cycle spent ramping (default 0.5)")
     g.add_argument("--ramp", choices=RAMPS, help="cyclical: ramp shape (default linear)")
     g.add_argument("--cycle-epochs", type=float, help="cyclical: cycle length in epochs instead of M cycles")
-    g.add_argument("--lr-restart", choices=LR_RESTARTS, help="cyclical: cosine learning-rate restart per cycle, its factor "
-                                                           "updated every step (cosine) or once per epoch (cosine-epoch, "
-                                                           "the ptb-script default)")
+    g.add_argument("--lr-restart", choices=LR_RESTARTS,
+                   help="cyclical: cosine learning-rate restart per cycle, its factor updated every step (cosine) or "
+                        "once per epoch (cosine-epoch, the ptb-script default)")
     g.add_argument("--fb-mode", choices=FREE_BITS_MODES, help="free-bits mode (pretrain-fb default: dim)")
     g.add_argument("--target-kl", type=float, help="free-bits target lambda, nats per sentence")
     g.add_argument("--aggressive", action="store_const", const=True,
@@ -484,7 +496,12 @@ def _add_train_parser(sub):
     _add_threads_option(g)
     g.add_argument("--examples", type=_nonneg_int, default=3,
                    help="reconstructions/samples printed at the end (default 3; 0: none)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (or, when the output is not a "
+                                                                "terminal, no progress lines)")
+    g.add_argument("--quiet", action="store_true", help="only warnings and errors: no epoch lines (logging level "
+                                                        "WARNING of the fastvae logger)")
+    g.add_argument("--verbose", action="store_true", help="also debug messages, e.g. which kernel each op runs "
+                                                          "(logging level DEBUG)")
     g.add_argument("--json", action="store_true", help="print only one JSON object with the test metrics")
     p.set_defaults(func=_cmd_train)
 

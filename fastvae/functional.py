@@ -3,7 +3,8 @@
 Every function takes the posterior parameters `mu`, `logvar` of shape [B, D] (any floating
 dtype; float16/bfloat16 compute in float32), validates them, and runs on the backend that
 `fastvae.backend` selects per call: Triton kernels (`fastvae.kernels`, custom ops that
-`torch.compile` keeps in its graphs) for CUDA tensors, the plain-torch reference otherwise. Semantics are those of the published recipes (Li et al.'s
+`torch.compile` keeps in its graphs) for CUDA tensors, the plain-torch reference otherwise.
+Semantics are those of the published recipes (Li et al.'s
 free bits, He et al.'s and Li et al.'s MI estimators), written out in each docstring.
 
 Dtypes: elementwise results (z, kl_per_dim) keep the input dtype; reductions (losses, log

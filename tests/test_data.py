@@ -57,7 +57,8 @@ def test_load_corpus_directory(corpus_dir):
 
 
 def test_load_corpus_labels_and_truncation(tmp_path):
-    files = {s: write(tmp_path / f"{s}.tsv", "1\tgood food here\n0\tbad food\n10\tok\n") for s in ("train", "valid", "test")}
+    files = {s: write(tmp_path / f"{s}.tsv", "1\tgood food here\n0\tbad food\n10\tok\n")
+             for s in ("train", "valid", "test")}
     c = load_corpus(**files, max_len=2)
     assert c.label_names == ["0", "1", "10"]
     assert c.train.labels.tolist() == [1, 0, 2]

@@ -294,8 +294,9 @@ def test_two_ranks_equal_one_process(fresh_seed):
     assert result["au"] == count
     kl = F.kl_per_dim(mu.float(), logvar.float()).sum(1).mean()
     assert result["kl"] == pytest.approx(float(kl), rel=1e-4, abs=1e-4)
-    expected_mi_batch = per_batch_mutual_information(mu.float(), logvar.float(), [len(s) for s in corpus.valid.sentences],
-                                                     32, generator=torch.Generator().manual_seed(seed + 1))
+    lengths = [len(s) for s in corpus.valid.sentences]
+    expected_mi_batch = per_batch_mutual_information(mu.float(), logvar.float(), lengths, 32,
+                                                     generator=torch.Generator().manual_seed(seed + 1))
     assert result["mi_batch"] == pytest.approx(float(expected_mi_batch), rel=1e-5, abs=1e-5)
     assert all(math.isfinite(result[k]) for k in ("rec", "elbo", "nll", "ppl"))
 

@@ -1,4 +1,5 @@
-"""fastvae/kernels/gaussian_log_prob.py: fused Gaussian log densities (interpreter on CPU) against float64 references."""
+"""fastvae/kernels/gaussian_log_prob.py: fused Gaussian log densities (interpreter on CPU) against float64
+references."""
 import math
 
 import pytest

@@ -341,8 +341,8 @@ def test_sequence_bfloat16_weight_copy_matches_its_reference(B, K, T, H):
         assert ours.abs().max() <= 4 * theirs.abs().max() + tiny, \
             f"{name}: largest error {ours.abs().max():.3g} vs the bf16 reference's {theirs.abs().max():.3g}"
 
-    within_bf16_reference("h_all", h_all.detach().double() - h_exact.detach(), h_ac.detach().double() - h_exact.detach(),
-                          1e-6)
+    within_bf16_reference("h_all", h_all.detach().double() - h_exact.detach(),
+                          h_ac.detach().double() - h_exact.detach(), 1e-6)
     for name, got, theirs, want in zip(["input_gates", "sample_gates", "h0", "c0", "weight_hh"], inputs, autocast_in,
                                        exact):
         within_bf16_reference(f"grad {name}", got.grad.double() - want.grad, theirs.grad.double() - want.grad, 1e-5)

@@ -107,7 +107,8 @@ def read_split(path: str, *, max_len: int | None = None, max_line_bytes: int = M
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise CorpusError(f"{path}:{lineno}: not valid UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r});"
+                bad = raw[exc.start:exc.start + 1]
+                raise CorpusError(f"{path}:{lineno}: not valid UTF-8 (byte {exc.start}: {bad!r});"
                                   " convert the file to UTF-8") from None
             if lineno == 1:
                 line = line.removeprefix("\ufeff")  # a byte-order mark is not part of the first word

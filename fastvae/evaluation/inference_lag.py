@@ -115,7 +115,8 @@ def plot_inference_lag(trackers: dict, path: str, *, panels: int = 4) -> str:
             r = records[picks[col]]
             for (ax_, ay_), (tx, ty) in zip(r["approx"].tolist(), r["true"].tolist()):
                 ax.plot([ax_, tx], [ay_, ty], color="0.75", linewidth=0.7, zorder=1)
-            ax.scatter(r["approx"][:, 0], r["approx"][:, 1], s=9, color="tab:blue", label="E_q[z|x] (encoder)", zorder=2)
+            ax.scatter(r["approx"][:, 0], r["approx"][:, 1], s=9, color="tab:blue", label="E_q[z|x] (encoder)",
+                       zorder=2)
             ax.scatter(r["true"][:, 0], r["true"][:, 1], s=14, marker="x", color="tab:red",
                        label="E_p[z|x] (model)", zorder=3)
             ax.set_xlim(-limit, limit)

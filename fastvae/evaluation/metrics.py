@@ -309,5 +309,6 @@ def evaluate(model, dataset: TextDataset, *, batch_size: int = 32, iw_samples: i
         result["au_var"] = [float(v) for v in extra["au_var"]]
     if "probe_acc" in wanted and dataset.labels is not None and n >= 10:
         result["probe_acc"] = linear_probe_accuracy(mu_all, dataset.labels)
-    keep = wanted | {"num_sentences", "num_tokens", "ppl_from", "au_var"} | ({"rec", "kl"} if "elbo" in wanted else set())
+    keep = wanted | {"num_sentences", "num_tokens", "ppl_from", "au_var"}
+    keep |= {"rec", "kl"} if "elbo" in wanted else set()
     return {k: v for k, v in result.items() if k in keep}

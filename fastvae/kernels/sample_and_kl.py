@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 
 from ._common import acc_dtype, block_size, jit, tl, triton
-from .dtypes import compute_dtype
 from .free_bits import MODE_IDS, free_bits_loss
 from .kl_free_bits import _kl_grad_scale, _kl_terms, free_bits_kl_reference, thresholds
 from .reparameterize import reparameterize_reference
@@ -154,7 +153,8 @@ def sample_and_kl_bwd(dz, grad_loss, eps, mu, logvar, row_kl, col_mean, batch_me
     grid = (triton.cdiv(B, BLOCK_B), triton.cdiv(D, BLOCK_D))
     _sample_and_kl_bwd_kernel[grid](
         dz, eps, mu, logvar, grad_loss.reshape(()).contiguous(), row_kl, col_mean, batch_mean, dmu, dlogvar,
-        thresholds(target, D, eps.dtype, mu.device), B, K, D, mu.stride(0), mu.stride(1), logvar.stride(0), logvar.stride(1),
+        thresholds(target, D, eps.dtype, mu.device), B, K, D, mu.stride(0), mu.stride(1), logvar.stride(0),
+        logvar.stride(1),
         HAS_DZ=has_dz, MODE=MODE_IDS[mode], BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D, ACC_DTYPE=acc_dtype(eps.dtype))
     return dmu, dlogvar
 

@@ -13,7 +13,8 @@ from .config import ModelConfig, get_config
 def _check_batch(who: str, tokens: torch.Tensor, lengths: torch.Tensor, vocab_size: int) -> None:
     if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
         raise ValueError(f"{who}: tokens must be a [batch, time] LongTensor, got "
-                         + (f"{tokens.dtype} {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else repr(tokens)))
+                         + (f"{tokens.dtype} {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor)
+                            else repr(tokens)))
     if tokens.shape[1] < 2:
         raise ValueError(f"{who}: sentences need at least <s> and </s> (time >= 2), got {tuple(tokens.shape)}")
     if not isinstance(lengths, torch.Tensor) or lengths.shape != (tokens.shape[0],):

@@ -71,7 +71,8 @@ class LSTMDecoder(nn.Module):
             if not 0.0 <= float(value) < 1.0:
                 raise ValueError(f"LSTMDecoder: {name} must be in [0, 1), got {value!r}")
         if latent_state not in LATENT_STATES:
-            raise ValueError(f"LSTMDecoder: latent_state must be one of {', '.join(LATENT_STATES)}, got {latent_state!r}")
+            raise ValueError(f"LSTMDecoder: latent_state must be one of {', '.join(LATENT_STATES)}, "
+                             f"got {latent_state!r}")
         if init_range is not None and not (isinstance(init_range, (int, float)) and 0 < init_range < float("inf")):
             raise ValueError(f"LSTMDecoder: init_range must be None or a positive number, got {init_range!r}")
         self.latent_state = latent_state

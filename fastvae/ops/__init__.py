@@ -4,5 +4,5 @@ from .linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_ref
 from .lstm_cell import lstm_cell, lstm_cell_reference
 from .lstm_sequence import lstm_sequence, lstm_sequence_reference, lstm_step, lstm_step_reference
 
-__all__ = ["linear_cross_entropy", "linear_cross_entropy_reference", "lstm_cell", "lstm_cell_reference", "lstm_sequence", "lstm_sequence_reference", "lstm_step",
-           "lstm_step_reference"]
+__all__ = ["linear_cross_entropy", "linear_cross_entropy_reference", "lstm_cell", "lstm_cell_module",
+           "lstm_cell_reference", "lstm_sequence", "lstm_sequence_reference", "lstm_step", "lstm_step_reference"]

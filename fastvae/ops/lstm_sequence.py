@@ -77,7 +77,7 @@ def _check_sequence(input_gates, sample_gates, h0, c0, weight_hh):
                              f"got {tuple(state.shape)}")
     dtypes = {t.dtype for t in tensors.values()}
     if len(dtypes) != 1:
-        raise TypeError(f"lstm_sequence: all tensors must share one dtype, got "
+        raise TypeError("lstm_sequence: all tensors must share one dtype, got "
                         + ", ".join(f"{n}={t.dtype}" for n, t in tensors.items()))
     if not input_gates.is_floating_point():
         raise TypeError(f"lstm_sequence: expected floating-point tensors, got {input_gates.dtype}")

@@ -72,8 +72,9 @@ class AggressiveUpdate:
     Then the loss on the outer batch is recomputed and only the decoder steps (gradients and clip
     over all parameters, as in the reference).
     At each epoch end, while on: mutual information on the validation set (the per-batch estimator,
-    He et al.'s calc_mi, over the split's reference batches of `TrainConfig.mi_batch_size`, 32); if it decreased versus the previous epoch (initially 0), aggressive mode
-    is switched off for good and the policy behaves as `JointUpdate`.
+    He et al.'s calc_mi, over the split's reference batches of `TrainConfig.mi_batch_size`, 32); if it
+    decreased versus the previous epoch (initially 0), aggressive mode is switched off for good and the
+    policy behaves as `JointUpdate`.
     `max_epochs` (None: no cap, the reference) is a budget cap, not part of He et al.'s rule: aggressive
     mode is also switched off after that many epochs when the MI stop has not fired by then. Reduced
     runs use it to keep the aggressive phase's share of training near the papers' (it usually stops

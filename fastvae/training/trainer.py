@@ -16,10 +16,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -40,9 +40,11 @@ from .step import StepResult
 from ..data.batching import BATCH_MODES
 from ..data.fingerprint import describe_changes
 from ..devices import resolve_device
+from ..logs import console_output, progress_bar
 from ..options import option, validate as validate_options
 from ..precision import PRECISIONS, resolve as resolve_precision
 
+log = logging.getLogger("fastvae.train")
 
 
 class TrainingDiverged(RuntimeError):
@@ -162,8 +164,9 @@ class Trainer:
             elif key in _ALL_RECIPE_OPTIONS:
                 recipe_options[key] = value
             else:
-                raise ValueError(f"unknown Trainer option {key!r}; training options: {', '.join(sorted(_TRAIN_FIELDS))}; "
-                                 f"recipe options: {', '.join(sorted(_ALL_RECIPE_OPTIONS))}")
+                raise ValueError(f"unknown Trainer option {key!r}; training options: "
+                                 f"{', '.join(sorted(_TRAIN_FIELDS))}; recipe options: "
+                                 f"{', '.join(sorted(_ALL_RECIPE_OPTIONS))}")
         if hasattr(train_options.get("config"), "name"):  # a ModelConfig object
             self._model_config_obj = train_options.pop("config")
             train_options["config"] = self._model_config_obj.name
@@ -553,10 +556,9 @@ class Trainer:
         plot_history(self.history, path, title=f"{self.recipe.name} ({self.model.config.name})")
 
     def _print(self, text: str) -> None:
-        if self.cfg.verbose and self.dist.is_main:
-            from tqdm import tqdm
-
-            tqdm.write(text, file=sys.stdout)
+        """One of the run's INFO messages, from rank 0, to the `fastvae.train` logger (fastvae.logs)."""
+        if self.dist.is_main:
+            log.info(text)
 
     # ----------------------------------------------------------------- phases and epochs
     def _start_phase(self, fresh: bool):
@@ -615,11 +617,8 @@ class Trainer:
         if self.position == 0:
             phase.policy.start_epoch()
         bar = None
-        if self.cfg.progress and self.dist.is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, initial=self.position, leave=False, dynamic_ncols=True, file=sys.stderr,
-                       desc=f"{phase.name} epoch {self.epoch + 1}/{self._phase_epochs(phase)}")
+        if self.cfg.progress and self.dist.is_main:  # a tqdm bar on a terminal, whole log lines elsewhere
+            bar = progress_bar(total, self.position, f"{phase.name} epoch {self.epoch + 1}/{self._phase_epochs(phase)}")
         start = time.perf_counter()
         steps_done = 0
         try:
@@ -781,11 +780,21 @@ class Trainer:
 
             main_reads(open_run, self.dist)
         try:
-            with self._stopping_on_signals():
+            with self._stopping_on_signals(), self._console_output():
                 return self._fit(resume)
         finally:
             if lock is not None:
                 lock.release()
+
+    @contextlib.contextmanager
+    def _console_output(self):
+        """verbose: while fit() runs, show the run's messages on stdout unless logging is configured to show
+        them elsewhere (fastvae.logs); not verbose: fastvae adds no output of its own."""
+        if not (self.cfg.verbose and self.dist.is_main):
+            yield
+            return
+        with console_output():
+            yield
 
     @contextlib.contextmanager
     def _stopping_on_signals(self):
