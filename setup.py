@@ -54,13 +54,42 @@ def read_sources():
     return sources
 
 
-def _load_cuda_toolkit_finder():
-    """buildtools/cuda_toolkit.py, by path: setup.py must not import the fastvae package (it needs _C)."""
+def _load_buildtool(name):
+    """buildtools/<name>.py, by path: setup.py must not import the fastvae package (it needs _C)."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location("fastvae_cuda_toolkit", ROOT / "buildtools" / "cuda_toolkit.py")
+    spec = importlib.util.spec_from_file_location(f"fastvae_{name}", ROOT / "buildtools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _load_cuda_toolkit_finder():
+    return _load_buildtool("cuda_toolkit")
+
+
+class BuildExtension(cpp_extension.BuildExtension.with_options(use_ninja=True)):
+    """torch's extension builder, linking the shared libstdc++ (buildtools/cxx_runtime.py says why): the
+    -static-libstdc++ flag is removed from the link command, and the linked file is checked."""
+
+    def build_extensions(self):
+        runtime = _load_buildtool("cxx_runtime")
+        removed = []
+        for attr in ("linker_so", "linker_so_cxx"):
+            command, dropped = runtime.strip_static_runtime(getattr(self.compiler, attr, None))
+            if dropped:
+                setattr(self.compiler, attr, command)
+                removed += dropped
+        for ext in self.extensions:
+            ext.extra_link_args, dropped = runtime.strip_static_runtime(ext.extra_link_args or [])
+            removed += dropped
+        if removed:
+            print("fastvae build: removed -static-libstdc++ from the link command (a second libstdc++ beside "
+                  "torch's crashes the process on C++ error messages)", file=sys.stderr)
+        super().build_extensions()
+        for ext in self.extensions:
+            problem = runtime.static_runtime_problem(self.get_ext_fullpath(ext.name))
+            if problem:
+                _fail(problem)
 
 
 # Architectures built when none is asked for (TORCH_CUDA_ARCH_LIST) and no GPU is visible to ask: A100 and
@@ -167,6 +196,6 @@ ext = Extension(
 setup(
     packages=find_packages(include=["fastvae", "fastvae.*"]),
     ext_modules=[ext],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtension},
     zip_safe=False,
 )

@@ -116,11 +116,14 @@ def triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-# The oldest Triton the kernels are tested with (torch 2.14.1 ships 3.8, torch 2.13 takes the newest). torch
-# 2.5.1's Triton 3.1 fails them: its interpreter refuses the kernels' tl.arange bounds and its ahead-of-time
-# compile API differs. With an older Triton the Triton backend is unavailable and every op uses its C++ or
-# torch path, which give the same results.
+# The oldest Triton the kernels are tested with, in the interpreter (CPU tensors) and compiled for a GPU. Triton
+# 3.8 (torch 2.14.1's) passes everything. Triton 3.6 (torch 2.11's) compiled and ran every kernel on an H200
+# (scripts/gpu_check.sh, 2026-12-04) but its interpreter fails them (TypeError: only 0-dimensional arrays can be
+# converted to Python scalars). torch 2.5.1's Triton 3.1 fails both: its interpreter refuses the kernels'
+# tl.arange bounds and its ahead-of-time compile API differs. With an older Triton the Triton backend is
+# unavailable where it fails and every op uses its C++ or torch path, which give the same results.
 MIN_TRITON = (3, 8)
+MIN_TRITON_GPU = (3, 6)
 
 
 def _version_tuple(text: str) -> tuple:
@@ -131,6 +134,10 @@ def _version_tuple(text: str) -> tuple:
             break
         parts.append(int(digits))
     return tuple(parts)
+
+
+def allow_old_triton() -> bool:
+    return os.environ.get("FASTVAE_ALLOW_OLD_TRITON", "0") == "1"
 
 
 @functools.lru_cache(maxsize=None)
@@ -144,14 +151,20 @@ def triton_version() -> str | None:
         return None
 
 
-def triton_too_old() -> str | None:
-    """Why the installed Triton is too old for the kernels, or None."""
+def triton_too_old(interpreter: bool | None = None) -> str | None:
+    """Why the installed Triton is too old for the kernels, or None: run in the interpreter (`interpreter=True`),
+    compiled for a GPU (False), or as this process runs them (None: TRITON_INTERPRET decides).
+    `FASTVAE_ALLOW_OLD_TRITON=1` uses an older Triton anyway (to test one)."""
     version = triton_version()
-    if version is None or _version_tuple(version) >= MIN_TRITON:
+    if interpreter is None:
+        interpreter = triton_interpreter()
+    minimum = MIN_TRITON if interpreter else MIN_TRITON_GPU
+    if version is None or _version_tuple(version) >= minimum or allow_old_triton():
         return None
-    return (f"triton {version} is older than {'.'.join(map(str, MIN_TRITON))}, the oldest the fastvae kernels are "
-            f"tested with; upgrade it (pip install 'triton>={'.'.join(map(str, MIN_TRITON))}') or use the C++/torch "
-            f"backends (FASTVAE_BACKEND=auto)")
+    wanted = ".".join(map(str, minimum))
+    where = "in the interpreter (CPU tensors)" if interpreter else "compiled for a GPU"
+    return (f"triton {version} is older than {wanted}, the oldest the fastvae kernels are tested with {where}; "
+            f"upgrade it (pip install 'triton>={wanted}') or use the C++/torch backends (FASTVAE_BACKEND=auto)")
 
 
 @functools.lru_cache(maxsize=None)
@@ -167,7 +180,8 @@ def triton_importable() -> bool:
 @functools.lru_cache(maxsize=None)
 def triton_gpu_available() -> bool:
     """True when Triton compiles real GPU kernels here (not the interpreter)."""
-    if triton_interpreter() or triton_too_old() or not triton_importable() or not torch.cuda.is_available():
+    if triton_interpreter() or triton_too_old(interpreter=False) or not triton_importable() \
+            or not torch.cuda.is_available():
         return False
     try:
         from triton.runtime import driver
@@ -208,7 +222,7 @@ def _switch_interpreter_on() -> bool:
 
 
 def require_triton(device_type: str) -> None:
-    too_old = triton_too_old()
+    too_old = triton_too_old(interpreter=device_type == "cpu" or triton_interpreter())
     if too_old:
         raise BackendUnavailable(too_old)
     if device_type == "cpu":
@@ -296,7 +310,8 @@ def _load_kernels(name: str, device_type: str) -> bool:
     even for an op without a Triton kernel (its module imports Triton too, and a later Triton op could not run
     interpreted). The module is then read as an attribute of the package, which tracing can follow (a dict
     filled here could not: torch.compile would not see the entries this adds)."""
-    if device_type == "cpu" and requested_backend() == TRITON and not triton_too_old() and _triton_installed():
+    if device_type == "cpu" and requested_backend() == TRITON and not triton_too_old(interpreter=True) \
+            and _triton_installed():
         _switch_interpreter_on()  # when it is too late, the Triton op's own selection says so
     importlib.import_module(f"fastvae.kernels.{name}")
     return True

@@ -43,6 +43,8 @@ def collect() -> dict:
         triton_mode = f"not used: {backend.triton_too_old()}"
     elif backend.triton_gpu_available():
         triton_mode = "GPU (compiled kernels)"
+        if backend.allow_old_triton() and backend._version_tuple(triton_version or "0") < backend.MIN_TRITON_GPU:
+            triton_mode += " with an untested older Triton (FASTVAE_ALLOW_OLD_TRITON=1)"
     elif triton_version is None:
         triton_mode = "not installed"
     else:
@@ -71,7 +73,7 @@ def collect() -> dict:
 def format_report(r: dict) -> str:
     lines = [
         f"fastvae {r['fastvae']}   torch {r['torch']}   triton {r['triton'] or 'not installed'}",
-        f"compiled core fastvae._C: " + ("built for " + ", ".join(r["compiled_core"]["devices"])
+        "compiled core fastvae._C: " + ("built for " + ", ".join(r["compiled_core"]["devices"])
                                          if r["compiled_core"]["built"]
                                          else f"NOT built ({r['compiled_core']['error']})"),
         f"built against torch {r['build'].get('torch_version', '?')}, CUDA build: "

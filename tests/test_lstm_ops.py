@@ -282,8 +282,12 @@ def test_cuda_sequence_matches_cpu(dtype, tol):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_sequence_matches_cudnn_and_half():
+def test_cuda_sequence_matches_cudnn_and_half(monkeypatch):
     backend.require_cpp("cuda")
+    # cuDNN's LSTM may use TF32 (torch's default allows it): on an H200 that moved states by ~1e-4, beyond the
+    # tolerance; full float32 on both sides is the comparison meant here
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     B, T, E, H = 8, 20, 24, 32
     lstm = torch.nn.LSTM(E, H, batch_first=True).cuda()
     x = torch.randn(B, T, E, device="cuda")

@@ -45,7 +45,8 @@ def test_info_reports_build_and_backends():
 
 def test_kernels_are_installed_under_fastvae_not_top_level():
     spec = importlib.util.find_spec("fastvae.kernels")
-    assert spec is not None and Path(spec.origin).parent == Path(importlib.util.find_spec("fastvae").origin).parent / "kernels"
+    package = Path(importlib.util.find_spec("fastvae").origin).parent
+    assert spec is not None and Path(spec.origin).parent == package / "kernels"
     # No top-level `kernels` package may be installed by fastvae.
     out = run_py("import importlib.util,sys; print(importlib.util.find_spec('kernels'))", cwd="/")
     assert out.stdout.strip() == "None", out.stdout
@@ -175,6 +176,7 @@ def test_one_source_list_for_both_builds():
 
 
 def test_a_triton_older_than_the_kernels_support_is_reported_not_used(monkeypatch):
+    monkeypatch.delenv("FASTVAE_ALLOW_OLD_TRITON", raising=False)
     monkeypatch.setattr(backend, "triton_version", lambda: "3.1.0")
     assert "3.1.0" in backend.triton_too_old() and "3.8" in backend.triton_too_old()
     assert not backend.triton_gpu_available.__wrapped__()
@@ -187,6 +189,14 @@ def test_a_triton_older_than_the_kernels_support_is_reported_not_used(monkeypatc
     for new_enough in ("3.8.0", "3.9.0+git1234", "4.0"):
         monkeypatch.setattr(backend, "triton_version", lambda v=new_enough: v)
         assert backend.triton_too_old() is None
+    # torch 2.11's Triton 3.6: compiled GPU kernels yes (checked on an H200), the interpreter no
+    monkeypatch.setattr(backend, "triton_version", lambda: "3.6.0")
+    assert "3.8" in backend.triton_too_old(interpreter=True) and "interpreter" in backend.triton_too_old(True)
+    assert backend.triton_too_old(interpreter=False) is None
+    monkeypatch.setattr(backend, "triton_version", lambda: "3.5.1")
+    assert "3.6" in backend.triton_too_old(interpreter=False)
+    monkeypatch.setenv("FASTVAE_ALLOW_OLD_TRITON", "1")  # testing an older one on purpose
+    assert backend.triton_too_old(interpreter=True) is None and backend.triton_too_old(interpreter=False) is None
 
 
 
