@@ -33,6 +33,12 @@ from floor import MODEL_SIZES, Workload  # noqa: E402
 from vae_baseline import (ReferenceLM, ReferenceTrainer, ReferenceVAE, synthetic_sentences, with_markers,  # noqa: E402
                           write_corpus_files)
 
+# fastvae's trainer and evaluation keep freed CPU memory in the process (fastvae.host_memory, process-wide),
+# so whichever provider ran first would decide the allocator of the others: apply it here, before any, and
+# every provider (the baseline too) runs under the same allocator settings
+from fastvae.host_memory import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ON_GPU = DEVICE == "cuda"
 DEVICE_NAME = torch.cuda.get_device_name() if ON_GPU else f"cpu ({torch.get_num_threads()} threads)"

@@ -26,6 +26,7 @@ from .. import functional as F
 from ..data import make_batches
 from ..data.batching import bucket_groups
 from ..data.corpus import TextDataset
+from ..host_memory import keep_freed_memory
 
 VAE_METRICS = ("rec", "kl", "elbo", "nll", "ppl", "mi", "mi_batch", "au", "probe_acc")
 LM_METRICS = ("nll", "ppl")
@@ -87,8 +88,12 @@ def _batches(dataset: TextDataset, batch_size: int, batch_mode: str, model=None)
 
 
 def _resolve_device(model, device) -> torch.device:
-    """The model's device; `device`, when given, must be where the model's parameters are."""
+    """The model's device; `device`, when given, must be where the model's parameters are. On the CPU, freed
+    memory stays in the process from here on (fastvae.host_memory: IW-NLL allocates the same chunks again and
+    again)."""
     model_device = _model_device(model)
+    if model_device.type == "cpu":
+        keep_freed_memory()
     if device is None:
         return model_device
     device = torch.device(device)

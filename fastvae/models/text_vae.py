@@ -7,6 +7,7 @@ from torch import nn
 from ..data.vocab import PAD
 from ..kernels.dtypes import compute_dtype
 from ..nn.decoder import LSTMDecoder
+from ..nn.dropout import Dropout
 from .config import ModelConfig, get_config
 
 
@@ -162,9 +163,9 @@ class LSTMLM(nn.Module):
         self.config = config
         self.vocab_size = vocab_size
         self.embed = nn.Embedding(vocab_size, config.emb_dim)
-        self.dropout_in = nn.Dropout(config.dropout_in)
+        self.dropout_in = Dropout(config.dropout_in)
         self.lstm = nn.LSTM(config.emb_dim, config.dec_hidden, batch_first=True)
-        self.dropout_out = nn.Dropout(config.dropout_out)
+        self.dropout_out = Dropout(config.dropout_out)
         self.output = nn.Linear(config.dec_hidden, vocab_size, bias=False)
         self.weight_copies = None
         self.reset_parameters()

@@ -9,6 +9,7 @@ _EXPORTS = {
     "GaussianLatent": ".latent",
     "ELBOLoss": ".latent",
     "LSTMDecoder": ".decoder",
+    "Dropout": ".dropout",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -23,6 +23,7 @@ from ..kernels.dtypes import compute_dtype
 from ..ops.linear_cross_entropy import linear_cross_entropy
 from ..ops.lstm_sequence import lstm_sequence
 from . import precision
+from .dropout import Dropout
 
 # token_log_likelihood evaluates at most this many logits at once (K is chunked to fit).
 DEFAULT_MAX_LOGITS = 2**25
@@ -82,8 +83,8 @@ class LSTMDecoder(nn.Module):
         self.hidden_dim = hidden_dim
         self.latent_dim = latent_dim
         self.embed = nn.Embedding(vocab_size, emb_dim)
-        self.dropout_in = nn.Dropout(dropout_in)
-        self.dropout_out = nn.Dropout(dropout_out)
+        self.dropout_in = Dropout(dropout_in)
+        self.dropout_out = Dropout(dropout_out)
         gates = 4 * hidden_dim
         self.weight_ih_l0 = nn.Parameter(torch.empty(gates, emb_dim + latent_dim))
         self.weight_hh_l0 = nn.Parameter(torch.empty(gates, hidden_dim))

@@ -40,6 +40,7 @@ from .step import StepResult
 from ..data.batching import BATCH_MODES
 from ..data.fingerprint import describe_changes
 from ..devices import resolve_device
+from ..host_memory import keep_freed_memory
 from ..logs import console_output, progress_bar
 from ..options import option, validate as validate_options
 from ..precision import PRECISIONS, resolve as resolve_precision
@@ -192,6 +193,8 @@ class Trainer:
             raise ValueError(f"distributed must be a DistContext (fastvae.training.distributed.init_distributed()), "
                              f"got {type(distributed).__name__}")
         self.device = resolve_device(self.cfg.device)
+        if self.device.type == "cpu":  # the step's freed megabytes stay in the process (fastvae.host_memory)
+            keep_freed_memory()
         if self.dist.enabled and self.device.type != self.dist.device.type:
             raise ValueError(f"device {self.cfg.device!r} differs from the distributed context's "
                              f"{self.dist.device}: give the same --device to every rank")
