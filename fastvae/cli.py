@@ -80,6 +80,7 @@ def _load_training_corpus(args):
 
 
 _CORPUS_FLAGS = ["data", "train", "valid", "test", "corpus", "max_vocab", "min_count", "max_len"]
+# fastvae train's recipe flags: every declared recipe option (fastvae.training.recipes.RecipeOptions)
 _RECIPE_FLAGS = ["kl_start", "warm_up", "beta", "variant", "cycles", "ratio", "ramp", "cycle_epochs", "lr_restart",
                  "fb_mode", "target_kl", "aggressive", "max_inner_steps", "inner_window", "aggressive_epochs",
                  "pretrain_epochs"]
@@ -139,6 +140,7 @@ def _train_with_levels_set(args, ctx) -> int:
     from .training import Trainer
     from .training.checkpoint import read_checkpoint
     from .training.distributed import broadcast_object, main_reads
+    from .training.recipes import RecipeOptions
     from .training.trainer import TrainConfig
 
     if args.resume:
@@ -171,7 +173,7 @@ def _train_with_levels_set(args, ctx) -> int:
         # Fu et al.'s own PTB script trains their own model (ptb-fu2019): the ptb-script variant's default
         script = recipe == "cyclical" and args.variant == "ptb-script"
         config = args.config or ("tiny" if builtin else ("ptb-fu2019" if script else "ptb"))
-        recipe_options = {f: getattr(args, f) for f in _RECIPE_FLAGS if getattr(args, f) is not None}
+        recipe_options = options.from_arguments(args, RecipeOptions, _RECIPE_FLAGS)
         train_options = options.from_arguments(args, TrainConfig, _TRAIN_FLAGS)
         if "epochs" not in train_options and builtin:
             train_options["epochs"] = DEMO_EPOCHS  # elsewhere the recipe's (100; cyclical ptb-script: 40)
@@ -429,9 +431,7 @@ _nonneg_int = options.int_type(0)
 
 
 def _add_train_parser(sub):
-    from .training.objectives import FREE_BITS_MODES
-    from .training.recipes import CYCLICAL_VARIANTS, LR_RESTARTS, RECIPE_NAMES
-    from .training.schedules import RAMPS
+    from .training.recipes import RECIPE_NAMES, RecipeOptions
     from .training.trainer import TrainConfig
 
     p = sub.add_parser("train", help="train a text VAE (or the LSTM LM baseline) with a recipe",
@@ -454,29 +454,8 @@ def _add_train_parser(sub):
                                     "(default: tiny for a built-in corpus, ptb otherwise)")
     g.add_argument("--recipe", choices=RECIPE_NAMES,
                    help="default: vae; on a built-in corpus pretrain-fb (with Adam 3e-3: the demo)")
-    g.add_argument("--kl-start", type=float, help="annealing start weight (vae/beta/aggressive/pretrain-fb); "
-                                                   "cyclical: each cycle's start value")
-    g.add_argument("--warm-up", type=float, help="annealing length in epochs (0: no ramp; the weight is --kl-start "
-                                                 "throughout, 1 when --kl-start is not given)")
-    g.add_argument("--beta", type=float, help="beta recipe: weight of the KL term (default 0.4)")
-    g.add_argument("--variant", choices=list(CYCLICAL_VARIANTS), help="cyclical: paper (default) or ptb-script")
-    g.add_argument("--cycles", type=_positive_int, help="cyclical: number of cycles M (default 4)")
-    g.add_argument("--ratio", type=float, help="cyclical: fraction R of a cycle spent ramping (default 0.5)")
-    g.add_argument("--ramp", choices=RAMPS, help="cyclical: ramp shape (default linear)")
-    g.add_argument("--cycle-epochs", type=float, help="cyclical: cycle length in epochs instead of M cycles")
-    g.add_argument("--lr-restart", choices=LR_RESTARTS,
-                   help="cyclical: cosine learning-rate restart per cycle, its factor updated every step (cosine) or "
-                        "once per epoch (cosine-epoch, the ptb-script default)")
-    g.add_argument("--fb-mode", choices=FREE_BITS_MODES, help="free-bits mode (pretrain-fb default: dim)")
-    g.add_argument("--target-kl", type=float, help="free-bits target lambda, nats per sentence")
-    g.add_argument("--aggressive", action="store_const", const=True,
-                   help="He et al.'s aggressive encoder updates on top of the recipe")
-    g.add_argument("--max-inner-steps", type=_positive_int, help="aggressive: encoder sub-steps cap (100)")
-    g.add_argument("--inner-window", type=_positive_int, help="aggressive: stop-rule window (15)")
-    g.add_argument("--aggressive-epochs", type=_positive_int,
-                   help="aggressive: switch it off after N epochs if the MI stop has not (a budget cap; default: "
-                        "the MI stop alone, as He et al.)")
-    g.add_argument("--pretrain-epochs", type=_positive_int, help="pretrain-fb: epochs of the AE phase")
+    # the recipe options' flags, from their declarations (fastvae.training.recipes.RecipeOptions)
+    options.add_arguments(g, RecipeOptions, _RECIPE_FLAGS)
     g = p.add_argument_group("optimisation")
     on_builtin = {"epochs": f"; {DEMO_EPOCHS} on a built-in corpus",
                   "optimizer": f"; adam at lr {DEMO_ADAM_LR:g} on a built-in corpus",

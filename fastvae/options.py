@@ -17,10 +17,12 @@ import numbers
 
 
 def option(default, help: str, *, kind: type, minimum=None, exclusive: bool = False, choices=None,
-           unset: str | None = None, flag: bool = True):
-    """A dataclass field with its help and bounds (`flag=False`: not a command-line flag)."""
+           unset: str | None = None, flag: bool = True, switch: bool = False, label: str | None = None):
+    """A dataclass field with its help and bounds (`flag=False`: not a command-line flag; `switch=True`: a bool
+    given as a bare `--flag`, meaning True; `label`: the option's name in an unknown-choice message)."""
     meta = {"help": help, "kind": kind, "minimum": minimum, "exclusive": exclusive,
-            "choices": tuple(choices) if choices is not None else None, "unset": unset, "flag": flag}
+            "choices": tuple(choices) if choices is not None else None, "unset": unset, "flag": flag,
+            "switch": switch, "label": label}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"fastvae": meta})
     return dataclasses.field(default=default, metadata={"fastvae": meta})
@@ -65,7 +67,7 @@ def validate(obj) -> None:
                 allowed = "True, False or None" if f.default is None else "True or False"
                 raise ValueError(f"{f.name} must be {allowed}, got {value!r}")
         elif meta["choices"] is not None and value not in meta["choices"]:
-            raise ValueError(f"unknown {f.name.replace('_', ' ')} {value!r}: expected one of "
+            raise ValueError(f"unknown {meta['label'] or f.name.replace('_', ' ')} {value!r}: expected one of "
                              f"{', '.join(meta['choices'])}")
 
 
@@ -103,7 +105,9 @@ def add_arguments(group, cls, names, extra_help: dict | None = None) -> list:
         help_text = f"{meta['help']} (default: {_default_text(f, meta)}{extra_help.get(name, '')})"
         flag = "--" + name.replace("_", "-")
         kind = meta["kind"]
-        if kind is bool:
+        if kind is bool and meta["switch"]:
+            group.add_argument(flag, action="store_const", const=True, help=meta["help"])
+        elif kind is bool:
             group.add_argument(flag, choices=["on", "off"], type=str.lower, help=help_text)
         elif meta["choices"] is not None:
             group.add_argument(flag, choices=list(meta["choices"]), help=help_text)
@@ -124,5 +128,5 @@ def from_arguments(args, cls, names) -> dict:
         value = getattr(args, name)
         if value is None:
             continue
-        given[name] = (value == "on") if declared[name]["kind"] is bool else value
+        given[name] = (value == "on") if declared[name]["kind"] is bool and isinstance(value, str) else value
     return given

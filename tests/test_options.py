@@ -69,3 +69,49 @@ def test_validation_messages_name_the_option():
         TrainConfig(precision="fp8").validate()
     with pytest.raises(ValueError, match="momentum applies to sgd"):
         TrainConfig(momentum=0.9, optimizer="adam").validate()
+
+
+# ---------------------------------------------------------------- recipe options (fastvae.training.recipes)
+def test_every_recipe_option_is_declared_once_and_is_a_cli_flag():
+    from fastvae.training.recipes import RECIPE_OPTION_NAMES, RECIPE_OPTIONS, RecipeOptions
+
+    table = set().union(*RECIPE_OPTIONS.values())
+    assert table == set(RECIPE_OPTION_NAMES)  # the per-recipe table names declared options, and all of them
+    actions = {a.dest: a for a in _train_parser()._actions}
+    for f in dataclasses.fields(RecipeOptions):
+        meta = f.metadata["fastvae"]
+        action = actions[f.name]
+        assert action.option_strings == ["--" + f.name.replace("_", "-")] and action.default is None
+        assert action.help.startswith(meta["help"]), f.name
+        if meta["choices"]:
+            assert list(action.choices) == list(meta["choices"]), f.name
+
+
+def test_every_recipe_default_passes_its_declaration():
+    from fastvae.training.recipes import RECIPE_NAMES, RecipeOptions, resolve_options
+
+    for recipe in RECIPE_NAMES:
+        resolved = resolve_options(recipe)
+        options.validate(RecipeOptions(**resolved))
+
+
+@pytest.mark.parametrize("flag, text, message", [
+    ("--ratio", "0", "ratio must be a finite number > 0"), ("--target-kl", "-1", "target_kl must be a finite number"),
+    ("--cycle-epochs", "inf", "cycle_epochs must be a finite number > 0"),
+])
+def test_recipe_flags_and_the_python_api_share_one_check(capsys, flag, text, message):
+    from fastvae.cli import main
+    from fastvae.training.recipes import resolve_options
+
+    assert main(["train", "--recipe", "cyclical", flag, text, "--epochs", "1", "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+    with pytest.raises(ValueError, match=message):
+        resolve_options("cyclical", {flag[2:].replace("-", "_"): float(text)})
+
+
+def test_recipe_flags_reach_the_options_converted():
+    from fastvae.training.recipes import RecipeOptions
+
+    args = _train_parser().parse_args(["--cycles", "3", "--aggressive", "--fb-mode", "dim", "--ratio", "0.25"])
+    given = options.from_arguments(args, RecipeOptions, [f.name for f in dataclasses.fields(RecipeOptions)])
+    assert given == {"cycles": 3, "aggressive": True, "fb_mode": "dim", "ratio": 0.25}

@@ -17,13 +17,71 @@ budget option for reduced runs; unset, the reference: the MI stop alone).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
+from ..options import option, validate
 from .objectives import FREE_BITS_MODES, KLObjective
 from .policies import AggressiveUpdate, JointUpdate
 from .schedules import RAMPS, ConstantSchedule, CyclicalSchedule, LinearAnnealing, Schedule
 
 RECIPE_NAMES = ("lm", "vae", "beta", "cyclical", "aggressive", "pretrain-fb")
+
+CYCLICAL_VARIANTS = {
+    # Fu et al.'s paper form
+    "paper": {"cycles": 4, "ratio": 0.5, "kl_start": 0.0, "cycle_epochs": None, "lr_restart": "none"},
+    # the paper's own PTB script: 10-epoch cycles, beta restarts at 0.1 and reaches 1 after 4.5
+    # epochs, Adam 1e-3 with a cosine learning-rate restart each cycle
+    # (set once per epoch, as the script does), over the script's 40 epochs
+    "ptb-script": {"cycles": 4, "ratio": 0.45, "kl_start": 0.1, "cycle_epochs": 10.0, "lr_restart": "cosine-epoch"},
+}
+# "cosine": the factor follows the cycle position at every step; "cosine-epoch": once per epoch (Fu et al.'s script)
+LR_RESTARTS = ("none", "cosine", "cosine-epoch")
+
+
+@dataclass
+class RecipeOptions:
+    """Every recipe option, declared once: its help, kind and bounds. The command line's recipe flags and the
+    checks of given values (`resolve_options`) come from here; which recipes take an option and with what
+    default is RECIPE_OPTIONS below (None there: resolved by `resolve_options`). Fields left None were not given."""
+
+    kl_start: float | None = option(None, "annealing start weight (vae/beta/aggressive/pretrain-fb); cyclical: each "
+                                    "cycle's start value", kind=float, minimum=0,
+                                    unset="vae/beta 1, or 0.1 with --warm-up; aggressive 0.1; pretrain-fb 0; "
+                                          "cyclical the variant's")
+    warm_up: float | None = option(None, "annealing length in epochs (0: no ramp; the weight is --kl-start "
+                                   "throughout, 1 when --kl-start is not given)", kind=float, minimum=0,
+                                   unset="vae/beta none, or 10 with --kl-start; aggressive and pretrain-fb 10")
+    beta: float | None = option(None, "beta recipe: weight of the KL term", kind=float, minimum=0, unset="0.4")
+    variant: str | None = option(None, "cyclical: paper or ptb-script", kind=str, choices=CYCLICAL_VARIANTS,
+                                 unset="paper", label="cyclical variant")
+    cycles: int | None = option(None, "cyclical: number of cycles M", kind=int, minimum=1, unset="4")
+    ratio: float | None = option(None, "cyclical: fraction R of a cycle spent ramping", kind=float, minimum=0,
+                                 exclusive=True, unset="the variant's: 0.5, ptb-script 0.45")
+    ramp: str | None = option(None, "cyclical: ramp shape", kind=str, choices=RAMPS, unset="linear",
+                              label="ramp shape")
+    cycle_epochs: float | None = option(None, "cyclical: cycle length in epochs instead of M cycles", kind=float,
+                                        minimum=0, exclusive=True, unset="M cycles over the run; ptb-script 10")
+    lr_restart: str | None = option(None, "cyclical: cosine learning-rate restart per cycle, its factor updated "
+                                    "every step (cosine) or once per epoch (cosine-epoch)", kind=str,
+                                    choices=LR_RESTARTS, unset="none; ptb-script cosine-epoch", label="lr restart")
+    fb_mode: str | None = option(None, "free-bits mode", kind=str, choices=FREE_BITS_MODES,
+                                 unset="none; pretrain-fb dim", label="free-bits mode")
+    target_kl: float | None = option(None, "free-bits target lambda, nats per sentence", kind=float, minimum=0,
+                                     unset="pretrain-fb 8")
+    aggressive: bool | None = option(None, "He et al.'s aggressive encoder updates on top of the recipe", kind=bool,
+                                     switch=True, unset="on for the aggressive recipe")
+    max_inner_steps: int | None = option(None, "aggressive: encoder sub-steps cap", kind=int, minimum=1,
+                                         unset="100")
+    inner_window: int | None = option(None, "aggressive: stop-rule window", kind=int, minimum=1, unset="15")
+    aggressive_epochs: int | None = option(None, "aggressive: switch it off after N epochs if the MI stop has not "
+                                           "(a budget cap)", kind=int, minimum=1,
+                                           unset="the MI stop alone, as He et al.")
+    pretrain_epochs: int | None = option(None, "pretrain-fb: epochs of the AE phase", kind=int, minimum=1,
+                                         unset="the run's epochs")
+
+
+RECIPE_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(RecipeOptions))
 
 _VAE_COMMON = {"fb_mode": "none", "target_kl": None, "aggressive": False, "max_inner_steps": 100,
                "inner_window": 15, "aggressive_epochs": None}
@@ -40,17 +98,8 @@ RECIPE_OPTIONS = {
     "pretrain-fb": {"kl_start": 0.0, "warm_up": 10.0, **_VAE_COMMON, "fb_mode": "dim", "target_kl": 8.0,
                     "pretrain_epochs": None},
 }
-
-CYCLICAL_VARIANTS = {
-    # Fu et al.'s paper form
-    "paper": {"cycles": 4, "ratio": 0.5, "kl_start": 0.0, "cycle_epochs": None, "lr_restart": "none"},
-    # the paper's own PTB script: 10-epoch cycles, beta restarts at 0.1 and reaches 1 after 4.5
-    # epochs, Adam 1e-3 with a cosine learning-rate restart each cycle
-    # (set once per epoch, as the script does), over the script's 40 epochs
-    "ptb-script": {"cycles": 4, "ratio": 0.45, "kl_start": 0.1, "cycle_epochs": 10.0, "lr_restart": "cosine-epoch"},
-}
-# "cosine": the factor follows the cycle position at every step; "cosine-epoch": once per epoch (Fu et al.'s script)
-LR_RESTARTS = ("none", "cosine", "cosine-epoch")
+# a table key that is not a declared option would be an option without help or bounds
+assert set().union(*RECIPE_OPTIONS.values()) <= set(RECIPE_OPTION_NAMES)
 
 # training-option defaults a recipe implies (the user's explicit values win)
 TRAIN_DEFAULTS = {
@@ -115,6 +164,7 @@ def resolve_options(recipe: str, options: dict | None = None) -> dict:
     unknown = [k for k in given if k not in RECIPE_OPTIONS[recipe]]
     if unknown:
         _fail_unknown(recipe, unknown)
+    validate(RecipeOptions(**given))  # kinds, bounds and choices, as declared
     resolved = {**RECIPE_OPTIONS[recipe], **given}
     if "warm_up" in resolved and given.get("warm_up") == 0 and "kl_start" not in given:
         resolved["kl_start"] = 1.0  # warm_up=0 alone: no annealing (with a kl_start too: that weight, constant)
@@ -127,26 +177,16 @@ def resolve_options(recipe: str, options: dict | None = None) -> dict:
             resolved["kl_start"] = 0.1 if resolved["kl_start"] is None else resolved["kl_start"]
             resolved["warm_up"] = 10.0 if resolved["warm_up"] is None else resolved["warm_up"]
     if recipe == "cyclical":
-        if resolved["variant"] not in CYCLICAL_VARIANTS:
-            raise ValueError(f"unknown cyclical variant {resolved['variant']!r}: expected one of "
-                             f"{', '.join(CYCLICAL_VARIANTS)}")
         variant = dict(CYCLICAL_VARIANTS[resolved["variant"]])
         if "cycles" in given:  # M cycles asked for explicitly: the cycle length follows from it
             variant["cycle_epochs"] = None
         for key, value in variant.items():
             if resolved[key] is None:
                 resolved[key] = value
-        if resolved["ramp"] not in RAMPS:
-            raise ValueError(f"unknown ramp shape {resolved['ramp']!r}: expected one of {', '.join(RAMPS)}")
-        if resolved["lr_restart"] not in LR_RESTARTS:
-            raise ValueError(f"unknown lr restart {resolved['lr_restart']!r}: expected one of {', '.join(LR_RESTARTS)}")
         if "cycles" in given and "cycle_epochs" in given:
             raise ValueError("conflicting options: give the number of cycles (cycles) or the cycle length "
                              "in epochs (cycle_epochs), not both")
     if recipe != "lm":
-        if resolved["fb_mode"] not in FREE_BITS_MODES:
-            raise ValueError(f"unknown free-bits mode {resolved['fb_mode']!r}: expected one of "
-                             f"{', '.join(FREE_BITS_MODES)}")
         if resolved["fb_mode"] == "none" and resolved["target_kl"] is not None:
             raise ValueError(f"conflicting options: target_kl={resolved['target_kl']} is given but fb_mode is "
                              f"'none'; choose a free-bits mode ({', '.join(FREE_BITS_MODES[1:])})")
@@ -170,14 +210,6 @@ def _policy(opts: dict):
         return AggressiveUpdate(max_inner_steps=int(opts["max_inner_steps"]), window=int(opts["inner_window"]),
                                 max_epochs=opts["aggressive_epochs"])
     return JointUpdate()
-
-
-def _epochs_option(name: str, value):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def build_recipe(name: str, options: dict | None = None) -> Recipe:
@@ -209,7 +241,7 @@ def build_recipe(name: str, options: dict | None = None) -> Recipe:
             train_defaults.update({"optimizer": "adam", "lr": 1e-3, "plateau_decay": False, "epochs": 40})
     elif name == "pretrain-fb":
         pretrain = Phase("pretrain", ConstantSchedule(0.0), KLObjective(), _policy(opts), select_by="rec",
-                         epochs=_epochs_option("pretrain_epochs", opts["pretrain_epochs"]))
+                         epochs=opts["pretrain_epochs"])
         anneal = Phase("fb", LinearAnnealing(opts["kl_start"], opts["warm_up"]), objective, _policy(opts),
                        select_by="elbo", reset_decoder=True)
         phases = [pretrain, anneal]
