@@ -56,7 +56,7 @@ def resolve(precision: str, device: torch.device | str) -> str:
 
 def report() -> dict:
     """What `fastvae.info` prints about precision."""
-    out = {"cpu": cpu_name(), "cpu_bf16_instructions": list(cpu_bf16_features()),
+    out: dict[str, object] = {"cpu": cpu_name(), "cpu_bf16_instructions": list(cpu_bf16_features()),
            "auto_on_cpu": resolve("auto", "cpu")}
     if torch.cuda.is_available():
         out["gpu_bf16"] = bool(torch.cuda.is_bf16_supported())

@@ -58,7 +58,7 @@ CONFIGS = {
 }
 
 
-def get_config(name: str) -> ModelConfig:
+def get_config(name: str | ModelConfig) -> ModelConfig:
     if isinstance(name, ModelConfig):
         return name
     try:

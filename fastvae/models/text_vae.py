@@ -1,6 +1,8 @@
 """The LSTM text VAE of the recipes (recipes.md) and its LSTM language-model baseline."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -9,6 +11,9 @@ from ..kernels.dtypes import compute_dtype
 from ..nn.decoder import LSTMDecoder
 from ..nn.dropout import Dropout
 from .config import ModelConfig, get_config
+
+if TYPE_CHECKING:
+    from ..nn.precision import WeightCopies
 
 
 def _check_batch(who: str, tokens: torch.Tensor, lengths: torch.Tensor, vocab_size: int) -> None:
@@ -45,7 +50,7 @@ class LSTMEncoder(nn.Module):
         self.embed = nn.Embedding(vocab_size, emb_dim)
         self.lstm = nn.LSTM(emb_dim, hidden_dim, batch_first=True)
         self.to_posterior = nn.Linear(hidden_dim, 2 * latent_dim, bias=bool(posterior_bias))
-        self.weight_copies = None  # set_compute_dtype(torch.bfloat16)
+        self.weight_copies: WeightCopies | None = None  # set_compute_dtype(torch.bfloat16)
 
     def set_compute_dtype(self, dtype: torch.dtype | None) -> None:
         """None: nn.LSTM in float32. torch.bfloat16: the same LSTM (its parameters) on fastvae's compiled recurrence,
@@ -58,14 +63,15 @@ class LSTMEncoder(nn.Module):
         from ..nn.precision import _LowPrecisionLinear
         from ..ops.lstm_sequence import lstm_sequence
 
-        lstm, copies = self.lstm, self.weight_copies
-        bias = lstm.bias_ih_l0 + lstm.bias_hh_l0
-        input_gates = _LowPrecisionLinear.apply(self.embed(tokens), lstm.weight_ih_l0, bias,
-                                                copies.get(lstm.weight_ih_l0))
-        B, H = tokens.shape[0], lstm.hidden_size
+        copies = self.weight_copies
+        assert copies is not None, "set_compute_dtype() sets the copies before this path runs"
+        weight_ih, weight_hh, bias_ih, bias_hh = self.lstm.all_weights[0]  # the one layer's parameters
+        input_gates = _LowPrecisionLinear.apply(self.embed(tokens), weight_ih, bias_ih + bias_hh,
+                                                copies.get(weight_ih))
+        B, H = tokens.shape[0], self.lstm.hidden_size
         zeros = input_gates.new_zeros(B, 1, H)
-        h_all, _ = lstm_sequence(input_gates, input_gates.new_zeros(B, 1, 4 * H), zeros, zeros, lstm.weight_hh_l0,
-                                 copies.get(lstm.weight_hh_l0))
+        h_all, _ = lstm_sequence(input_gates, input_gates.new_zeros(B, 1, 4 * H), zeros, zeros, weight_hh,
+                                 copies.get(weight_hh))
         return h_all.squeeze(1)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor):
@@ -167,7 +173,7 @@ class LSTMLM(nn.Module):
         self.lstm = nn.LSTM(config.emb_dim, config.dec_hidden, batch_first=True)
         self.dropout_out = Dropout(config.dropout_out)
         self.output = nn.Linear(config.dec_hidden, vocab_size, bias=False)
-        self.weight_copies = None
+        self.weight_copies: WeightCopies | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -68,9 +68,9 @@ class LSTMDecoder(nn.Module):
                             ("latent_dim", latent_dim)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"LSTMDecoder: {name} must be a positive int, got {value!r}")
-        for name, value in (("dropout_in", dropout_in), ("dropout_out", dropout_out)):
-            if not 0.0 <= float(value) < 1.0:
-                raise ValueError(f"LSTMDecoder: {name} must be in [0, 1), got {value!r}")
+        for name, rate in (("dropout_in", dropout_in), ("dropout_out", dropout_out)):
+            if not 0.0 <= float(rate) < 1.0:
+                raise ValueError(f"LSTMDecoder: {name} must be in [0, 1), got {rate!r}")
         if latent_state not in LATENT_STATES:
             raise ValueError(f"LSTMDecoder: latent_state must be one of {', '.join(LATENT_STATES)}, "
                              f"got {latent_state!r}")
