@@ -209,6 +209,84 @@ def test_bad_backend_choice():
         D.init_distributed("cpu", backend="mpi", env=env)
 
 
+# ----------------------------------------------------------------------------- evaluate over 2 ranks
+def _z_free_decoder_vae(vocab_size):
+    """A VAE whose posterior varies with the sentence but whose decoder ignores z: rec, kl and the posterior rows
+    do not depend on the noise, so 2 ranks and one process must agree on them up to summation order."""
+    from fastvae.models import TextVAE
+
+    torch.manual_seed(0)
+    model = TextVAE(vocab_size, "tiny").eval()
+    for p in model.parameters():
+        torch.nn.init.uniform_(p, -0.3, 0.3)
+    with torch.no_grad():
+        model.decoder.latent_to_cell.weight.zero_()
+        model.decoder.weight_ih_l0[:, model.decoder.emb_dim:] = 0
+    return model
+
+
+def _evaluation_cases():
+    from fastvae.data import TextDataset, grammar_corpus
+    from fastvae.models import LSTMLM
+
+    corpus = grammar_corpus(seed=1, n_train=60, n_valid=41, n_test=8)
+    vae = _z_free_decoder_vae(len(corpus.vocab))
+    torch.manual_seed(1)
+    lm = LSTMLM(len(corpus.vocab), "tiny").eval()
+    length = len(corpus.valid.sentences[0])
+    one_batch = TextDataset([s for s in corpus.valid.sentences if len(s) == length][:3], name="one batch")
+    return {"all": (vae, corpus.valid, None, 0), "ppl only": (vae, corpus.valid, ["ppl"], 3),
+            "lm": (lm, corpus.valid, None, 3), "lm ppl only": (lm, corpus.valid, ["ppl"], 3),
+            "an empty shard": (vae, one_batch, None, 0)}  # one bucket batch: rank 0 evaluates nothing
+
+
+def _evaluate_worker(ctx, seed):
+    from fastvae.evaluation import evaluate
+
+    out = {}
+    for name, (model, data, metrics, iw_samples) in _evaluation_cases().items():
+        options = dict(batch_size=8, iw_samples=iw_samples, metrics=metrics)
+        out[name] = evaluate(model, data, generator=torch.Generator().manual_seed(seed), distributed=ctx, **options)
+        again = D.distributed_evaluate(model, data, ctx, generator=torch.Generator().manual_seed(seed), **options)
+        out[name + " (old name)"] = again
+    return out
+
+
+def test_two_rank_evaluate_equals_single_process_evaluate(fresh_seed):
+    """`evaluate(..., distributed=ctx)` on 2 ranks gives the single-process `evaluate`'s dict: the same keys (one
+    metric list, one ppl rule), the same per-sentence means up to summation order, the same AU, and MI / per-batch MI
+    of the same posterior rows, drawn from generators seeded by one draw of the caller's generator."""
+    from fastvae import functional as F
+    from fastvae.evaluation import evaluate, per_batch_mutual_information, posterior_stats
+
+    ranks = run_ranks(_evaluate_worker, fresh_seed)
+    assert ranks[0] == ranks[1]
+    for name, (model, data, metrics, iw_samples) in _evaluation_cases().items():
+        got = ranks[0][name]
+        assert ranks[0][name + " (old name)"] == got, name
+        single = evaluate(model, data, batch_size=8, iw_samples=iw_samples, metrics=metrics,
+                          generator=torch.Generator().manual_seed(fresh_seed))
+        assert set(got) == set(single), name
+        for key, value in single.items():
+            if key in ("mi", "mi_batch"):
+                continue  # other noise by design; checked below
+            if isinstance(value, float):
+                assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (name, key)
+            elif key == "au_var":
+                assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-9), name
+            else:
+                assert got[key] == value, (name, key)
+        if "mi" in got:
+            mu, logvar = posterior_stats(model, data, batch_size=8, batch_mode="bucket")
+            draw = torch.randint(2 ** 62, (1,), generator=torch.Generator().manual_seed(fresh_seed))
+            seed = int(draw.item())
+            mi = F.mutual_information(mu, logvar, generator=torch.Generator().manual_seed(seed))
+            mi_batch = per_batch_mutual_information(mu, logvar, [len(s) for s in data.sentences], 32,
+                                                    generator=torch.Generator().manual_seed(seed + 1))
+            assert got["mi"] == pytest.approx(float(mi), rel=1e-5, abs=1e-5), name
+            assert got["mi_batch"] == pytest.approx(float(mi_batch), rel=1e-5, abs=1e-5), name
+
+
 # ----------------------------------------------------------------------------- the trainer on 2 ranks
 CORPUS = dict(seed=0, n_train=160, n_valid=40, n_test=24)
 TRAIN = dict(progress=False, verbose=False, iw_samples=2, eval_batch_size=16, batch_size=16, epochs=1, seed=7)

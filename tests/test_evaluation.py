@@ -199,6 +199,48 @@ def test_single_sentence_evaluation(corpus):
         evaluate(m, one, iw_samples=3, metrics=["au"])
 
 
+def test_rank_aware_evaluate_without_ranks_is_the_single_process_one(corpus):
+    """`evaluate(..., distributed=ctx)` with a single-process context (and its old name, `distributed_evaluate`)
+    is the plain evaluator: the same dict, bitwise, for every metric selection and for a language model."""
+    from fastvae.training.distributed import SINGLE, distributed_evaluate
+
+    vae = TextVAE(len(corpus.vocab), "tiny")
+    lm = LSTMLM(len(corpus.vocab), "tiny")
+    cases = [(vae, None, 3), (vae, ["rec", "kl", "elbo", "mi", "mi_batch", "au"], 3), (vae, ["ppl"], 3),
+             (vae, None, 0), (lm, None, 3), (lm, ["ppl"], 3)]
+    for model, metrics, iw_samples in cases:
+        def run(**how):
+            return evaluate(model, corpus.valid, batch_size=8, iw_samples=iw_samples, metrics=metrics,
+                            generator=torch.Generator().manual_seed(5), **how)
+
+        plain = run()
+        assert run(distributed=SINGLE) == plain, metrics
+        assert distributed_evaluate(model, corpus.valid, SINGLE, batch_size=8, iw_samples=iw_samples,
+                                    metrics=metrics, generator=torch.Generator().manual_seed(5)) == plain, metrics
+
+
+def test_metric_lists_are_defined_once():
+    """No module but fastvae/evaluation/metrics.py spells out the VAE metric list or the whole-set metrics (the
+    rank-aware path used to carry its own copies)."""
+    import ast
+    import pathlib
+
+    import fastvae
+    from fastvae.evaluation.metrics import VAE_METRICS, WHOLE_SET_METRICS
+
+    root = pathlib.Path(fastvae.__file__).parent
+    found = {VAE_METRICS: [], WHOLE_SET_METRICS: []}
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and node.elts \
+                    and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+                names = {e.value for e in node.elts}
+                for listed in found:
+                    if names == set(listed):
+                        found[listed].append(path.relative_to(root).as_posix())
+    assert found == {VAE_METRICS: ["evaluation/metrics.py"], WHOLE_SET_METRICS: ["evaluation/metrics.py"]}
+
+
 # ------------------------------------------------------------------ per-batch MI (He et al.'s calc_mi)
 def he_et_al_calc_mi(mu, logvar, z, lengths, batch_size):
     """A reading of He et al.'s `calc_mi` + `calc_mi_q` in float64: validation batches of equal-length

@@ -15,10 +15,16 @@ Every value is a per-sentence mean over the evaluated split:
   au        active units: dimensions whose Var_x[mu(x)] (unbiased, over the split) >= 0.01
   probe_acc held-out accuracy of a linear probe on mu, when the split has labels
 LSTM language models report nll (exact) and ppl.
+
+`evaluate(..., distributed=ctx)` under torchrun: each rank evaluates its shard of the split (cut at the bucket
+batches one process forms, `sharding.py`), the sums are all-reduced and the posterior rows gathered back into
+the split's order, so the metric list, the ppl rule and the whole-set metrics above are the same code for one
+process and for N ranks.
 """
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,10 +33,14 @@ from ..data import make_batches
 from ..data.batching import bucket_groups
 from ..data.corpus import TextDataset
 from ..host_memory import keep_freed_memory
+from .sharding import bucket_shard_indices, subset_dataset
+
+if TYPE_CHECKING:  # fastvae.training imports this package: the collectives are imported where they are used
+    from ..training.distributed import DistContext
 
 VAE_METRICS = ("rec", "kl", "elbo", "nll", "ppl", "mi", "mi_batch", "au", "probe_acc")
 LM_METRICS = ("nll", "ppl")
-
+WHOLE_SET_METRICS = ("mi", "mi_batch", "au", "probe_acc")  # need the posterior rows of the whole split
 
 
 def perplexity(total_nats: float, num_tokens: int) -> float:
@@ -71,6 +81,11 @@ class _EvalMode:
 
 
 def _batches(dataset: TextDataset, batch_size: int, batch_mode: str, model=None):
+    _check_dataset(dataset, model)
+    return make_batches(dataset, batch_size, mode=batch_mode, shuffle=False)
+
+
+def _check_dataset(dataset: TextDataset, model=None) -> None:
     if not isinstance(dataset, TextDataset):
         raise TypeError(f"expected a fastvae.data.TextDataset, got {type(dataset).__name__}")
     if len(dataset) == 0:
@@ -84,7 +99,6 @@ def _batches(dataset: TextDataset, batch_size: int, batch_mode: str, model=None)
             raise ValueError(f"dataset {dataset.name!r} holds word id {largest}, but the model's vocabulary has "
                              f"{vocab_size} tokens: the corpus was encoded with a different vocabulary (load it "
                              "with the checkpoint's vocab)")
-    return make_batches(dataset, batch_size, mode=batch_mode, shuffle=False)
 
 
 def _resolve_device(model, device) -> torch.device:
@@ -230,11 +244,55 @@ def linear_probe_accuracy(features: torch.Tensor, labels: torch.Tensor, *, train
 
 def evaluate(model, dataset: TextDataset, *, batch_size: int = 32, iw_samples: int = 500, metrics=None,
              device=None, generator: torch.Generator | None = None, batch_mode: str = "bucket",
-             mi_batch_size: int = DEFAULT_MI_BATCH_SIZE) -> dict:
+             mi_batch_size: int = DEFAULT_MI_BATCH_SIZE, au_threshold: float = 0.01,
+             distributed: DistContext | None = None) -> dict:
     """The metrics of the module docstring on one split. `metrics=None` computes all that apply;
     `iw_samples=0` skips the importance-weighted nll (ppl then comes from the ELBO). `batch_size` is how
-    many sentences are evaluated at once; `mi_batch_size` is the per-batch MI estimator's own batch."""
+    many sentences are evaluated at once; `mi_batch_size` is the per-batch MI estimator's own batch.
+
+    `distributed`: the `fastvae.training.distributed.DistContext` of a torchrun job. When it is enabled, every
+    rank must call this with the same arguments: each evaluates its shard, and all get the same dict, that of the
+    whole split. Per-sentence means are reduced as sums; MI, per-batch MI, AU and the probe use the gathered
+    posterior rows of the whole split, and both MI estimators draw their noise from generators seeded by one draw
+    of `generator`, so they do not depend on the number of ranks (one process keeps drawing from `generator`
+    itself, as it always has). IW-NLL and the one-sample rec draw their noise per rank: the same estimator,
+    other draws."""
     lm = _is_lm(model)
+    wanted = _requested_metrics(lm, dataset, metrics, iw_samples, mi_batch_size)
+    device = _resolve_device(model, device)
+    _check_dataset(dataset, model)  # on every rank, before any collective
+    ctx = distributed if distributed is not None and distributed.enabled else None
+    loop_generator, mi_generator, mi_batch_generator = _random_streams(generator, ctx, device)
+    options = dict(lm=lm, wanted=wanted, iw_samples=iw_samples, device=device, generator=loop_generator)
+    if ctx is None:
+        batches = make_batches(dataset, batch_size, mode=batch_mode, shuffle=False)
+        sums, posterior = _accumulate(model, batches, len(dataset), **options)
+    else:
+        sums, posterior = _accumulate_over_ranks(model, dataset, ctx, batch_size=batch_size, batch_mode=batch_mode,
+                                                 **options)
+    whole_set = {}
+    if posterior is not None:  # before the sums are read, so the device is not waited for in between
+        with torch.no_grad():
+            whole_set = _whole_set_metrics(*posterior, dataset, wanted, mi_generator=mi_generator,
+                                           mi_batch_generator=mi_batch_generator, mi_batch_size=mi_batch_size,
+                                           au_threshold=au_threshold)
+    n, num_tokens = len(dataset), dataset.num_tokens()
+    result = {"num_sentences": n, "num_tokens": num_tokens}
+    result.update(_per_sentence_metrics(sums, n, num_tokens, wanted, lm))
+    result.update(whole_set)
+    keep = wanted | {"num_sentences", "num_tokens", "ppl_from", "au_var"}
+    keep |= {"rec", "kl"} if "elbo" in wanted else set()
+    result = {k: v for k, v in result.items() if k in keep}
+    if ctx is not None:
+        from ..training.distributed import broadcast_object
+
+        # identical dicts on every rank, whatever floating-point noise the local parts carry
+        result = broadcast_object(result, ctx)
+    return result
+
+
+def _requested_metrics(lm: bool, dataset, metrics, iw_samples, mi_batch_size) -> set:
+    """The metrics `evaluate` computes: the applicable ones, less nll without IW samples and AU on one sentence."""
     allowed = LM_METRICS if lm else VAE_METRICS
     wanted = set(allowed if metrics is None else metrics)
     unknown = wanted - set(allowed)
@@ -251,25 +309,41 @@ def evaluate(model, dataset: TextDataset, *, batch_size: int = 32, iw_samples: i
         if metrics is not None:
             raise ValueError(f"metric 'au' needs at least 2 sentences; dataset {dataset.name!r} has 1")
         wanted.discard("au")
-    device = _resolve_device(model, device)
-    batches = _batches(dataset, batch_size, batch_mode, model)
-    result = {"num_sentences": len(dataset), "num_tokens": dataset.num_tokens()}
+    return wanted
 
-    if lm:
-        with _EvalMode(model):
-            total = torch.zeros((), dtype=torch.float64, device=device)
+
+def _random_streams(generator, ctx, device: torch.device) -> tuple:
+    """The generators of (the batch loop, whole-set MI, per-batch MI).
+
+    One process consumes the caller's generator in that order, as it always has. Ranks cannot share one stream:
+    each rank's loop gets its own generator, and both MI estimators get generators seeded from one draw of the
+    caller's, so they see the same noise whatever the number of ranks."""
+    if ctx is None:
+        return generator, generator, generator
+    seed = 0 if generator is None else int(torch.randint(2 ** 62, (1,), generator=generator,
+                                                         device=generator.device).item())
+    loop = torch.Generator(device=device).manual_seed(seed + 7919 * (ctx.rank + 1))
+    return (loop, torch.Generator(device=device).manual_seed(seed),
+            torch.Generator(device=device).manual_seed(seed + 1))
+
+
+def _accumulate(model, batches, num_rows: int, *, lm: bool, wanted: set, iw_samples: int, device: torch.device,
+                generator) -> tuple:
+    """One pass over `batches`: ({name: summed float64 0-d tensor}, (mu, logvar) [num_rows, nz] or None).
+
+    The sums are rec, kl and IW-NLL over sentences (nll alone for a language model) and stay on the device (no
+    host sync); the posterior rows, placed at the batches' dataset indices, are kept only when a whole-set
+    metric is wanted, and are None when there are no batches."""
+    with _EvalMode(model):
+        if lm:
+            nll = torch.zeros((), dtype=torch.float64, device=device)
             for batch in batches:
                 batch = batch.to(device)
-                total += model.nll(batch.tokens, batch.lengths).double().sum()
-        total = float(total)
-        result["nll"] = total / len(dataset)
-        result["ppl"] = perplexity(total, result["num_tokens"])
-        return {k: v for k, v in result.items() if k in wanted or k.startswith("num_")}
-
-    need_posterior = wanted & {"mi", "au", "probe_acc", "mi_batch"}
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # rec, kl, iw-nll
-    mu_all = logvar_all = None
-    with _EvalMode(model):
+                nll += model.nll(batch.tokens, batch.lengths).double().sum()
+            return {"nll": nll}, None
+        keep_posterior = bool(wanted & set(WHOLE_SET_METRICS))
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # rec, kl, iw-nll
+        mu_all = logvar_all = None
         for batch in batches:
             batch = batch.to(device)
             mu, logvar = model.encode(batch.tokens, batch.lengths)
@@ -278,42 +352,79 @@ def evaluate(model, dataset: TextDataset, *, batch_size: int = 32, iw_samples: i
             sums[1] += F.kl_per_dim(mu, logvar).double().sum()
             if "nll" in wanted:
                 sums[2] -= iw_log_likelihood_batch(model, batch, iw_samples, generator, (mu, logvar)).double().sum()
-            if need_posterior:
+            if keep_posterior:
                 if mu_all is None:
-                    mu_all = mu.new_empty(len(dataset), mu.shape[1])
-                    logvar_all = mu.new_empty(len(dataset), mu.shape[1])
+                    mu_all = mu.new_empty(num_rows, mu.shape[1])
+                    logvar_all = mu.new_empty(num_rows, mu.shape[1])
                 mu_all[batch.indices] = mu
                 logvar_all[batch.indices] = logvar
-        extra = {}
-        if "mi" in wanted:
-            extra["mi"] = F.mutual_information(mu_all, logvar_all, generator=generator)
-        if "mi_batch" in wanted:
-            extra["mi_batch"] = per_batch_mutual_information(
-                mu_all, logvar_all, [len(s) for s in dataset.sentences], mi_batch_size, generator=generator)
-        if wanted & {"au"}:
-            count, var = F.active_units(mu_all)
-            extra["au"] = count
-            extra["au_var"] = var
-    sums = sums.tolist()  # the one host sync of the loop
-    n = len(dataset)
-    result["rec"] = sums[0] / n
-    result["kl"] = sums[1] / n
-    result["elbo"] = (sums[0] + sums[1]) / n
+    posterior = (mu_all, logvar_all) if keep_posterior and mu_all is not None else None
+    return {"rec": sums[0], "kl": sums[1], "nll": sums[2]}, posterior
+
+
+def _accumulate_over_ranks(model, dataset: TextDataset, ctx: DistContext, *, batch_size: int, batch_mode: str,
+                           lm: bool, wanted: set, iw_samples: int, device: torch.device, generator) -> tuple:
+    """`_accumulate` over this rank's shard, then combined: ({name: float sum over the split}, the posterior
+    rows of every rank in the split's order, or None), the same on every rank."""
+    from ..training.distributed import allreduce_sums, gather_rows_in_order
+
+    indices = bucket_shard_indices([len(s) for s in dataset.sentences], batch_size, ctx)
+    shard = subset_dataset(dataset, indices)
+    # a shard is empty when the split has fewer bucket batches than there are ranks: it still joins every collective
+    batches = make_batches(shard, batch_size, mode=batch_mode, shuffle=False) if len(shard) else []
+    sums, posterior = _accumulate(model, batches, len(shard), lm=lm, wanted=wanted, iw_samples=iw_samples,
+                                  device=device, generator=generator)
+    sums = allreduce_sums(_host_floats(sums), ctx)
+    if lm or not wanted & set(WHOLE_SET_METRICS):
+        return sums, None
+    if posterior is None:
+        empty = torch.zeros((0, model.latent_dim), device=device)
+        posterior = (empty, empty)
+    # float32 on every rank: an empty shard has no model output whose dtype it could copy
+    return sums, tuple(gather_rows_in_order(rows.float(), indices, len(dataset), ctx) for rows in posterior)
+
+
+def _host_floats(sums: dict) -> dict:
+    """The sums as Python floats, with one host sync."""
+    values = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in sums.values()]).tolist()
+    return dict(zip(sums, values))
+
+
+def _per_sentence_metrics(sums: dict, n: int, num_tokens: int, wanted: set, lm: bool) -> dict:
+    """Means over the split's sentences of the summed quantities, and ppl: from the IW-NLL when it was computed,
+    else from the ELBO (marked by `ppl_from`)."""
+    sums = _host_floats(sums)
+    if lm:
+        return {"nll": sums["nll"] / n, "ppl": perplexity(sums["nll"], num_tokens)}
+    rec, kl = sums["rec"], sums["kl"]
+    out = {"rec": rec / n, "kl": kl / n, "elbo": (rec + kl) / n}
     if "nll" in wanted:
-        result["nll"] = sums[2] / n
-        result["ppl"] = perplexity(sums[2], result["num_tokens"])
+        out["nll"] = sums["nll"] / n
+        out["ppl"] = perplexity(sums["nll"], num_tokens)
     else:
-        result["ppl"] = perplexity(sums[0] + sums[1], result["num_tokens"])
-        result["ppl_from"] = "elbo"
-    if "mi_batch" in extra:
-        result["mi_batch"] = float(extra["mi_batch"])
-    if "mi" in extra:
-        result["mi"] = float(extra["mi"])
-    if "au" in extra:
-        result["au"] = int(extra["au"])
-        result["au_var"] = [float(v) for v in extra["au_var"]]
-    if "probe_acc" in wanted and dataset.labels is not None and n >= 10:
-        result["probe_acc"] = linear_probe_accuracy(mu_all, dataset.labels)
-    keep = wanted | {"num_sentences", "num_tokens", "ppl_from", "au_var"}
-    keep |= {"rec", "kl"} if "elbo" in wanted else set()
-    return {k: v for k, v in result.items() if k in keep}
+        out["ppl"] = perplexity(rec + kl, num_tokens)
+        out["ppl_from"] = "elbo"
+    return out
+
+
+def _whole_set_metrics(mu: torch.Tensor, logvar: torch.Tensor, dataset: TextDataset, wanted: set, *,
+                       mi_generator, mi_batch_generator, mi_batch_size: int, au_threshold: float) -> dict:
+    """MI, per-batch MI, AU and the linear probe from the posterior rows of the whole split, in its order."""
+    mi = mi_batch = None
+    if "mi" in wanted:
+        mi = F.mutual_information(mu, logvar, generator=mi_generator)
+    if "mi_batch" in wanted:
+        mi_batch = per_batch_mutual_information(mu, logvar, [len(s) for s in dataset.sentences], mi_batch_size,
+                                                generator=mi_batch_generator)
+    out = {}
+    if mi_batch is not None:
+        out["mi_batch"] = float(mi_batch)
+    if mi is not None:
+        out["mi"] = float(mi)
+    if "au" in wanted:
+        count, var = F.active_units(mu, threshold=au_threshold)
+        out["au"] = int(count)
+        out["au_var"] = [float(v) for v in var]
+    if "probe_acc" in wanted and dataset.labels is not None and len(dataset) >= 10:
+        out["probe_acc"] = linear_probe_accuracy(mu, dataset.labels)
+    return out

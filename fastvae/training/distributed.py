@@ -23,23 +23,26 @@ Semantics (what a run with N ranks computes):
 - Decisions made from data (the aggressive inner loop's window rule, the MI stop, NaN/inf, plateau
   decay) are computed from globally reduced sums, or on rank 0 and broadcast, so every rank
   takes the same branch: a rank that branched alone would deadlock the next collective.
-- Evaluation (`distributed_evaluate`): the split is cut into contiguous, length-sorted shards at
-  the reference's bucket-batch boundaries, so each evaluation batch is the one a single process
-  would form; sums (rec, kl, IW-NLL, per-batch MI weighted by batch size, tokens) are all-reduced,
-  and the posterior rows (mu, logvar, labels) of all ranks are gathered back into the split's
-  order: whole-set MI, AU and the linear probe use the global aggregate posterior.
+- Evaluation (`fastvae.evaluation.evaluate(..., distributed=ctx)`; `distributed_evaluate` is its
+  old name): the split is cut into contiguous, length-sorted shards at the reference's bucket-batch
+  boundaries (`fastvae.evaluation.sharding`), so each evaluation batch is the one a single process
+  would form; the sums (rec, kl, IW-NLL) are all-reduced with `allreduce_sums`, and the posterior
+  rows (mu, logvar) of all ranks are gathered back into the split's order (`gather_rows_in_order`):
+  whole-set MI, per-batch MI, AU and the linear probe use the global aggregate posterior.
 - Only rank 0 writes (checkpoints, metrics.jsonl, plots, progress, prints): `ctx.is_main`.
 NCCL on CUDA devices (rank r uses cuda:LOCAL_RANK), gloo on CPUs.
 """
 from __future__ import annotations
 
-import copy
 import datetime
 import os
 from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.distributed as dist
+
+from ..evaluation import evaluate
+from ..evaluation.sharding import bucket_shard_indices, subset_dataset  # noqa: F401 - importable from here as before
 
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -413,131 +416,7 @@ def gather_rows_in_order(tensor: torch.Tensor, indices: torch.Tensor, total: int
 
 
 # ----------------------------------------------------------------------------- evaluation over shards
-def bucket_shard_indices(lengths, batch_size: int, ctx: DistContext) -> torch.Tensor:
-    """Sentence indices of this rank's evaluation shard.
-
-    Sentences are ordered by length (stable), the reference's same-length batches of up to
-    `batch_size` are formed, and the list of batches is cut into `world_size` contiguous runs of
-    about equal sentence counts; each run is re-bucketed by the evaluator into exactly the batches
-    one process forms (same sizes, same members), so per-batch quantities are unchanged."""
-    lengths = torch.as_tensor(lengths, dtype=torch.long)
-    n = lengths.numel()
-    order = torch.sort(lengths, stable=True).indices
-    if not ctx.enabled:
-        return order
-    sorted_lengths = lengths[order].tolist()
-    bounds = [0]  # start of every batch in `order`
-    for i in range(1, n):
-        if sorted_lengths[i] != sorted_lengths[i - 1] or i - bounds[-1] >= batch_size:
-            bounds.append(i)
-    bounds.append(n)
-    starts = bounds[:-1]
-    # cut at the batch start closest to rank * n / world
-    cuts = [0]
-    for r in range(1, ctx.world_size):
-        target = n * r / ctx.world_size
-        best = min(starts + [n], key=lambda s: (abs(s - target), s))
-        cuts.append(max(best, cuts[-1]))
-    cuts.append(n)
-    return order[cuts[ctx.rank]:cuts[ctx.rank + 1]]
-
-
-def subset_dataset(dataset, indices):
-    """A shallow copy of a `TextDataset` holding only the sentences (and labels) at `indices`."""
-    indices = [int(i) for i in indices]
-    if hasattr(dataset, "subset"):
-        return dataset.subset(indices)
-    part = copy.copy(dataset)
-    part.sentences = [dataset.sentences[i] for i in indices]
-    labels = getattr(dataset, "labels", None)
-    if labels is not None:
-        part.labels = labels[torch.as_tensor(indices, dtype=torch.long)] if indices else labels[:0]
-    return part
-
-
-_SUMMED = ("rec", "kl", "elbo", "nll")  # per-sentence means in `evaluate`'s result
-
-
-def distributed_evaluate(model, dataset, ctx: DistContext, *, batch_size: int = 32, iw_samples: int = 500,
-                         metrics=None, device="cpu", generator=None, batch_mode: str = "bucket",
-                         au_threshold: float = 0.01, mi_batch_size: int = 32) -> dict:
-    """`fastvae.evaluation.evaluate` over the union of all ranks' shards; the same dict on every rank.
-
-    Per-sentence metrics are reduced as sums over sentences (and tokens for ppl); MI (whole-set and per-batch,
-    the latter over the split's own reference batches of `mi_batch_size`), AU and
-    the linear probe are computed from the gathered posterior rows of the whole split, in its order (so both
-    MI estimates are exactly the single-process values for the same `generator` seed).
-    IW-NLL and the one-sample rec draw their noise per rank: the same estimator, other draws."""
-    from .. import functional as F
-    from ..evaluation import evaluate, linear_probe_accuracy, per_batch_mutual_information, posterior_stats
-    from ..evaluation.metrics import check_mi_batch_size, perplexity
-
-    if not ctx.enabled:
-        return evaluate(model, dataset, batch_size=batch_size, iw_samples=iw_samples, metrics=metrics,
-                        device=device, generator=generator, batch_mode=batch_mode, mi_batch_size=mi_batch_size)
-    check_mi_batch_size(mi_batch_size)
-    is_vae = hasattr(model, "encode")
-    allowed = ("rec", "kl", "elbo", "nll", "ppl", "mi", "mi_batch", "au", "probe_acc") if is_vae else ("nll", "ppl")
-    wanted = list(allowed if metrics is None else metrics)
-    unknown = sorted(set(wanted) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; choose from {', '.join(allowed)}")
-    if iw_samples == 0 and "nll" in wanted:
-        wanted.remove("nll")
-    lengths = [len(sentence) for sentence in dataset.sentences]
-    indices = bucket_shard_indices(lengths, batch_size, ctx)
-    shard = subset_dataset(dataset, indices)
-    # per-rank generators: independent draws, reproducible from the caller's seed
-    seed = int(torch.randint(2 ** 62, (1,), generator=generator).item()) if generator is not None else 0
-    local_gen = torch.Generator(device=torch.device(device)).manual_seed(seed + 7919 * (ctx.rank + 1))
-
-    local = [m for m in wanted if m in _SUMMED or m == "ppl"]
-    if is_vae and "ppl" in local:  # ppl needs the summed nll (or, without IW samples, the elbo)
-        local.append("nll" if iw_samples > 0 else "elbo")
-    local = list(dict.fromkeys(local))
-    sums = {key: 0.0 for key in _SUMMED}
-    count = len(shard.sentences)
-    if count > 0 and local:
-        part = evaluate(model, shard, batch_size=batch_size, iw_samples=iw_samples, metrics=local, device=device,
-                        generator=local_gen, batch_mode=batch_mode)
-        for key in sums:
-            if key in part:
-                sums[key] = float(part[key]) * count
-    sums["num_sentences"] = count
-    sums["num_tokens"] = int(shard.num_tokens()) if count > 0 else 0
-    total = allreduce_sums(sums, ctx)
-    n, tokens = total["num_sentences"], total["num_tokens"]
-    result = {"num_sentences": n, "num_tokens": tokens}
-    for key in _SUMMED:
-        if key in local or (key in ("rec", "kl") and "elbo" in local):
-            result[key] = total[key] / max(n, 1)
-    if "ppl" in wanted:
-        if "nll" in local:
-            result["ppl"] = perplexity(total["nll"], tokens)
-        else:
-            result["ppl"] = perplexity(total["elbo"], tokens)
-            result["ppl_from"] = "elbo"
-
-    whole_set = [m for m in ("mi", "mi_batch", "au", "probe_acc") if m in wanted]
-    if is_vae and whole_set:
-        if count > 0:
-            mu, logvar = posterior_stats(model, shard, batch_size=batch_size, device=device)
-        else:
-            mu = logvar = torch.zeros((0, model.config.latent_dim), device=device)
-        mu_all = gather_rows_in_order(mu.float(), indices, len(dataset.sentences), ctx)
-        logvar_all = gather_rows_in_order(logvar.float(), indices, len(dataset.sentences), ctx)
-        if "mi" in wanted:
-            mi_gen = torch.Generator(device=mu_all.device).manual_seed(seed)
-            result["mi"] = float(F.mutual_information(mu_all, logvar_all, generator=mi_gen))
-        if "mi_batch" in wanted:
-            mi_gen = torch.Generator(device=mu_all.device).manual_seed(seed + 1)
-            result["mi_batch"] = float(per_batch_mutual_information(
-                mu_all, logvar_all, lengths, mi_batch_size, generator=mi_gen))
-        if "au" in wanted:
-            au, var = F.active_units(mu_all, threshold=au_threshold)
-            result["au"], result["au_var"] = int(au), [float(v) for v in var]
-        labels = getattr(dataset, "labels", None)
-        if "probe_acc" in wanted and labels is not None and n >= 10:
-            result["probe_acc"] = float(linear_probe_accuracy(mu_all, labels.to(mu_all.device)))
-    # identical dicts on every rank, whatever floating-point noise the local parts carry
-    return broadcast_object(result, ctx)
+def distributed_evaluate(model, dataset, ctx: DistContext, **options) -> dict:
+    """`fastvae.evaluation.evaluate(model, dataset, distributed=ctx, **options)`, the rank-aware evaluator,
+    under its earlier name: each rank evaluates its shard and all get the whole split's metrics."""
+    return evaluate(model, dataset, distributed=ctx, **options)

@@ -29,7 +29,7 @@ import torch
 from .. import __version__
 from .checkpoint import FORMAT_VERSION, capture_rng_state, read_checkpoint, restore_rng_state, write_checkpoint
 from .distributed import (SINGLE, DistContext, all_gather_object, allreduce_gradients, broadcast_parameters,
-                          distributed_evaluate, global_noise, main_reads, shard_batch)
+                          global_noise, main_reads, shard_batch)
 from .optim import (DEFAULT_LR, OPTIMIZERS, PlateauDecay, clip_grad_norm, make_optimizer,
                     sparse_embedding_gradients_apply)
 from .recipes import RECIPE_OPTIONS, Recipe, build_recipe
@@ -456,16 +456,11 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         try:
-            if self.dist.enabled:  # sharded; whole-set MI/AU over the union of all ranks' rows
-                result = distributed_evaluate(self.model, dataset, self.dist, batch_size=self.cfg.eval_batch_size,
-                                              iw_samples=max(self.cfg.iw_samples, 1), metrics=metrics,
-                                              device=self.device, generator=gen, batch_mode=self.cfg.batch_mode,
-                                              mi_batch_size=self.cfg.mi_batch_size)
-            else:
-                result = evaluate(self.model, dataset, batch_size=self.cfg.eval_batch_size,
-                                  iw_samples=max(self.cfg.iw_samples, 1), metrics=metrics, device=self.device,
-                                  generator=gen, batch_mode=self.cfg.batch_mode,
-                                  mi_batch_size=self.cfg.mi_batch_size)
+            # under torchrun: this rank's shard, whole-set MI/AU over the union of all ranks' rows
+            result = evaluate(self.model, dataset, batch_size=self.cfg.eval_batch_size,
+                              iw_samples=max(self.cfg.iw_samples, 1), metrics=metrics, device=self.device,
+                              generator=gen, batch_mode=self.cfg.batch_mode, mi_batch_size=self.cfg.mi_batch_size,
+                              distributed=self.dist)
         finally:
             self.model.train(was_training)
         return {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in result.items()}
