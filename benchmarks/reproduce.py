@@ -44,23 +44,25 @@ running keep their last validation figures (marked partial), the ones not starte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
 import math
+import multiprocessing
 import os
-import random
 import signal
 import sys
 import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from render_reproduction import DEFAULT_PUBLISHED, SS_LABEL_COUNTS, render_table
 
 CONFIGS = ("ptb", "yahoo", "yelp", "tiny", "synthetic")
 PAPER_RECIPES = ("vae", "beta", "cyclical", "aggressive", "pretrain-fb")
 ALL_RECIPES = PAPER_RECIPES + ("lm",)
-REMEDIES = ("beta", "cyclical", "aggressive", "pretrain-fb")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,25 +99,6 @@ BUDGETS = {
                    iw_samples=500, max_vocab=None),
 }
 OPTIMIZER_CHOICES = ("recipe", "sgd", "adam")
-
-# Published figures (recipes.md, "Published figures": He et al., ICLR 2019, Table 1):
-# IW-500 NLL per sentence / KL / MI (per-batch estimator). The LM's NLL is exact.
-PUBLISHED = {
-    "yahoo": {"vae": (328.6, 0.0, 0.0), "beta": (328.5, 3.8, 2.2), "sa-vae": (327.4, 3.5, 1.9),
-              "aggressive": (326.6, 6.7, 3.2), "lm": (328.1, None, None)},
-    "yelp15": {"vae": (358.1, 0.0, 0.0), "beta": (358.8, 4.0, 1.8), "sa-vae": (355.9, 2.3, 1.3),
-               "aggressive": (355.9, 3.7, 2.3), "lm": (357.3, None, None)},
-}
-PUBLISHED_LABELS = {"vae": "VAE + anneal", "beta": "beta-VAE 0.4", "sa-vae": "SA-VAE + anneal",
-                    "aggressive": "aggressive + anneal", "lm": "LSTM-LM (exact)"}
-PUBLISHED_SOURCE = "He et al. (ICLR 2019, submission version), Table 1, as quoted in recipes.md"
-TRAINING_TIME_PUBLISHED = {"yahoo": {"aggressive": 2.20, "sa-vae": 9.9}, "yelp15": {"aggressive": 3.73, "sa-vae": 10.3}}
-DEFAULT_PUBLISHED = {"yahoo": "yahoo", "yelp": "yelp15", "ptb": "none", "tiny": "none", "synthetic": "none"}
-PUBLISHED_CAVEAT = {
-    ("yelp", "yelp15"): "published figures are He et al.'s Yelp15 (long reviews, the yahoo-size model); the yelp "
-                        "config and ../shared/data/yelp are short sentences: compare the pattern (collapse or "
-                        "not, KL, MI), not the NLL values",
-}
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -282,102 +265,33 @@ def resolve_args(argv=None):
     return args, budget, recipes, published, out
 
 
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """What every recipe of a run shares, as resolved from the command line."""
+
+    config: str
+    device: str = "cpu"
+    precision: str = "fp32"
+    seed: int = 0
+    progress: bool = False
+    overwrite: bool = False
+    recipe_settings: dict = dataclasses.field(default_factory=dict)  # `--set`: {recipe: {option: value}}
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunSettings:
+        return cls(config=args.config, device=args.device, precision=args.precision, seed=args.seed,
+                   progress=args.progress, overwrite=args.overwrite, recipe_settings=args.recipe_settings)
+
+
 # ----------------------------------------------------------------------------- data
-YELP_SPLITS = ("train", "dev", "test")
-
-
-def find_layout(directory: str) -> str:
-    """'plain' (train/valid/test.txt) or 'yelp' (sentiment.<split>.<label>); clear error otherwise."""
-    names = set(os.listdir(directory))
-    if {"train.txt", "valid.txt", "test.txt"} <= names:
-        return "plain"
-    if any(n.startswith("sentiment.") and n.rsplit(".", 1)[-1].isdigit() for n in names):
-        return "yelp"
-    missing = sorted({"train.txt", "valid.txt", "test.txt"} - names)
-    raise ValueError(f"{directory}: neither train.txt/valid.txt/test.txt (missing {', '.join(missing)}) nor Yelp "
-                     f"sentiment.<train|dev|test>.<label> files")
-
-
-def _read_lines(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as handle:
-        return [line.strip() for line in handle if line.strip()]
-
-
-def read_yelp(directory: str) -> dict[str, list[tuple[int, str]]]:
-    """{split: [(label, sentence)]} from sentiment.<split>.<label> files (label = the file suffix)."""
-    found: dict = {}
-    for name in sorted(os.listdir(directory)):
-        parts = name.split(".")
-        if len(parts) != 3 or parts[0] != "sentiment" or not parts[2].isdigit():
-            continue
-        if parts[1] not in YELP_SPLITS:
-            raise ValueError(f"{os.path.join(directory, name)}: unknown split {parts[1]!r} (expected "
-                             f"{', '.join(YELP_SPLITS)})")
-        found.setdefault(parts[1], []).extend((int(parts[2]), s) for s in _read_lines(os.path.join(directory, name)))
-    if not found:
-        raise ValueError(f"{directory}: no sentiment.<split>.<label> files")
-    return found
-
-
-def split_sentences(rows: list, seed: int, max_train=None, max_eval=None, *, splits=None) -> dict[str, list]:
-    """train/valid/test lists: `splits` given (a dict with train/dev/test) are capped; otherwise `rows` are
-    shuffled with `seed` and split 80/10/10, then capped."""
-    rng = random.Random(seed)
-    if splits is None:
-        rows = list(rows)
-        rng.shuffle(rows)
-        n = len(rows)
-        if n < 3:
-            raise ValueError(f"too few sentences to split into train/valid/test: {n}")
-        n_eval = max(1, n // 10)
-        splits = {"test": rows[:n_eval], "valid": rows[n_eval:2 * n_eval], "train": rows[2 * n_eval:]}
-    else:
-        splits = {k: list(v) for k, v in splits.items()}
-        for v in splits.values():
-            rng.shuffle(v)
-    caps = {"train": max_train, "valid": max_eval, "test": max_eval}
-    return {k: (splits[k][:caps[k]] if caps[k] else splits[k]) for k in ("train", "valid", "test")}
-
-
 def prepare_data(directory: str | None, out: str, budget: Budget, seed: int) -> tuple[str | None, dict]:
     """(folder with train/valid/test.txt for fastvae.data.load_corpus, or None for the built-in corpus;
-    a description of what was read)."""
+    a description of what was read). Converted or capped splits go to `<out>/data/`."""
+    from fastvae.data.yelp import prepare_corpus  # fastvae (torch) only once a run starts: --help answers at once
+
     if directory is None:
         return None, {"source": "built-in grammar corpus"}
-    layout = find_layout(directory)
-    data_dir = os.path.join(out, "data")
-    os.makedirs(data_dir, exist_ok=True)
-    if layout == "yelp":
-        found = read_yelp(directory)
-        if {"train", "test"} <= set(found):
-            splits = split_sentences([], seed, budget.max_train, budget.max_eval,
-                                     splits={"train": found["train"], "valid": found.get("dev", []),
-                                             "test": found["test"]})
-            how = "sentiment.train/dev/test"
-        else:
-            rows = [r for split in found.values() for r in split]
-            splits = split_sentences(rows, seed, budget.max_train, budget.max_eval)
-            how = f"sentiment.{'/'.join(sorted(found))} shuffled (seed {seed}) and split 80/10/10"
-        for name, rows in splits.items():
-            with open(os.path.join(data_dir, f"{name}.txt"), "w", encoding="utf-8") as handle:
-                handle.writelines(f"{label}\t{text}\n" for label, text in rows)
-    else:
-        splits = {}
-        for name in ("train", "valid", "test"):
-            lines = _read_lines(os.path.join(directory, f"{name}.txt"))
-            splits[name] = lines
-        capped = split_sentences([], seed, budget.max_train, budget.max_eval, splits=splits) \
-            if (budget.max_train or budget.max_eval) else splits
-        if capped is splits:
-            return directory, {"source": os.path.abspath(directory), "layout": "train/valid/test.txt",
-                               "sentences": {k: len(v) for k, v in splits.items()}}
-        splits = capped
-        how = f"train/valid/test.txt, capped at random (seed {seed})"
-        for name, rows in splits.items():
-            with open(os.path.join(data_dir, f"{name}.txt"), "w", encoding="utf-8") as handle:
-                handle.writelines(f"{line}\n" for line in rows)
-    return data_dir, {"source": os.path.abspath(directory), "layout": how,
-                      "sentences": {k: len(v) for k, v in splits.items()}}
+    return prepare_corpus(directory, os.path.join(out, "data"), seed, budget.max_train, budget.max_eval)
 
 
 def load_data(data_dir: str | None, budget: Budget):
@@ -421,9 +335,6 @@ def test_bleu(model, corpus, seed: int) -> dict:
         return {}
 
 
-SS_LABEL_COUNTS = (100, 1000)  # of the papers' 100 / 500 / 1,000 / 2,000 / 10,000 (fastvae probe runs all)
-
-
 def semi_supervised(model, corpus, seed: int) -> dict:
     """Li et al.'s semi-supervised classification (frozen encoder, linear classifier) at SS_LABEL_COUNTS labelled
     training sentences, test accuracy: {"ss_acc_<N>": acc}; {} without labels."""
@@ -448,27 +359,28 @@ def model_config_for(recipe: str, options: dict, config: str) -> str:
     return config
 
 
-def run_recipe(recipe: str, corpus, args, budget: Budget, out: str, corpus_info: dict) -> dict:
+def run_recipe(recipe: str, corpus, settings: RunSettings, budget: Budget, out: str, corpus_info: dict) -> dict:
+    """Trains and evaluates one recipe through fastvae.Trainer (its run directory: `<out>/<recipe>/`); Ctrl-C,
+    SIGTERM or the time limit raise RecipeInterrupted with its last validation figures."""
     from fastvae.training import Trainer
 
-    options = recipe_options(recipe, budget, getattr(args, "recipe_settings", None))
+    options = recipe_options(recipe, budget, settings.recipe_settings)
     own_options, epochs = split_epochs(options, recipe, budget.epochs)
-    model_config = model_config_for(recipe, own_options, args.config)
+    model_config = model_config_for(recipe, own_options, settings.config)
     start = time.perf_counter()
     extra = {"optimizer": budget.optimizer} if budget.optimizer else {}
     trainer = Trainer(None, corpus, recipe=recipe, out_dir=os.path.join(out, recipe), config=model_config,
-                      epochs=epochs, iw_samples=budget.iw_samples, device=args.device, seed=args.seed,
-                      precision=getattr(args, "precision", "fp32"),
-                      progress=args.progress, corpus_info=corpus_info, recipe_options=own_options,
-                      overwrite=getattr(args, "overwrite", False), **extra)
+                      epochs=epochs, iw_samples=budget.iw_samples, device=settings.device, seed=settings.seed,
+                      precision=settings.precision, progress=settings.progress, corpus_info=corpus_info,
+                      recipe_options=own_options, overwrite=settings.overwrite, **extra)
     try:
         test = trainer.fit()
     except KeyboardInterrupt:
         raise RecipeInterrupted(_partial_result(recipe, options, trainer, start)) from None
     seconds = time.perf_counter() - start
     if recipe != "lm":
-        test.update(test_bleu(trainer.model, corpus, args.seed))
-        test.update(semi_supervised(trainer.model, corpus, args.seed))
+        test.update(test_bleu(trainer.model, corpus, settings.seed))
+        test.update(semi_supervised(trainer.model, corpus, settings.seed))
     train_seconds = sum(r.get("seconds", 0.0) for r in trainer.history if r.get("split") == "train")
     return {"recipe": recipe, "options": options, "test": test, "best_epoch": trainer.best_epoch,
             "seconds": seconds, "train_seconds": train_seconds, "stopped_reason": trainer.stopped_reason,
@@ -500,123 +412,7 @@ def _partial_result(recipe, options, trainer, start) -> dict | None:
             "epochs_run": sum(1 for r in trainer.history if r.get("split") == "train")}
 
 
-# ----------------------------------------------------------------------------- the table
-def _num(value, digits=2) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.{digits}f}"
-
-
-def published_cells(recipe: str, published: str) -> str:
-    if published == "none":
-        return "-"
-    row = PUBLISHED[published].get(recipe)
-    if row is None:
-        return "not published"
-    nll, kl, mi = row
-    return f"{nll:.1f}" if kl is None else f"{nll:.1f} / {kl:.1f} / {mi:.1f}"
-
-
-def collapse_verdict(result: dict) -> str:
-    test = result["test"]
-    if "au" not in test:
-        return "n/a (language model)"
-    au = int(test["au"])
-    return "collapsed (AU 0)" if au == 0 else f"{au} active unit{'s' if au > 1 else ''}"
-
-
-def _optimizer_text(optimizer) -> str:
-    if optimizer is None:
-        return "the recipe's (the papers' SGD; `cyclical`'s ptb-script variant: Adam 1e-3, as Fu et al.'s script)"
-    if optimizer == "adam":
-        return "Adam 1e-3 (a deviation from the papers' SGD)"
-    return optimizer
-
-
-def _pair(test: dict, source: str) -> str:
-    greedy, beam = test.get(f"bleu_greedy_{source}"), test.get(f"bleu_beam_{source}")
-    return "-" if greedy is None else f"{greedy:.1f} / {beam:.1f}"
-
-
-def render_table(runs: list[dict], *, config: str, published: str, budget: Budget, data_info: dict,
-                 device: str, iw_samples: int, status: str = "finished") -> str:
-    """The markdown table: our test metrics per recipe beside the published ones, then the verdict."""
-    pub_title = {"yahoo": "Yahoo", "yelp15": "Yelp15"}.get(published)
-    head = ("| recipe | NLL (IW-{k}) | KL | MI per batch | MI whole split | AU | PPL | probe acc | BLEU greedy / beam "
-            "(mean) | BLEU greedy / beam (sample) | semi-sup. acc 100 / 1000 | epochs | train time | verdict | "
-            "published NLL / KL / MI{p} |").format(k=iw_samples, p=f" ({pub_title})" if pub_title else "")
-    lines = [head, "|" + "---|" * 15]
-    for r in runs:
-        t = r["test"]
-        lines.append(" | ".join([
-            f"| `{r['recipe']}`" + (" (partial)" if r.get("partial") else ""), _num(t.get("nll")), _num(t.get("kl")),
-            _num(t.get("mi_batch")), _num(t.get("mi")),
-            _num(int(t["au"]) if "au" in t else None), _num(t.get("ppl")), _num(t.get("probe_acc"), 3),
-            _pair(t, "mean"), _pair(t, "sample"),
-            " / ".join(_num(t.get(f"ss_acc_{n}"), 3) for n in SS_LABEL_COUNTS), str(r.get("epochs_run", "-")),
-            f"{r.get('train_seconds', 0.0) / 60:.1f} min", collapse_verdict(r),
-            published_cells(r["recipe"], published) + " |"]))
-    notes = [f"Budget `{budget.name}`: {budget.max_train or 'all'} training sentences, {budget.max_eval or 'all'} "
-             f"valid/test sentences, {budget.epochs} epochs, KL warm-up "
-             f"{budget.warm_up if budget.warm_up is not None else 10} epochs (vae, aggressive, pretrain-fb), "
-             f"pretraining "
-             f"{budget.pretrain_epochs or budget.epochs} epochs, aggressive phase "
-             f"{f'capped at {budget.aggressive_epochs} epochs' if budget.aggressive_epochs else 'until the MI stop'}, "
-             f"IW samples {iw_samples}, vocabulary cap "
-             f"{budget.max_vocab or 'none'}, optimiser {_optimizer_text(budget.optimizer)}. Model config `{config}`, "
-             f"device {device}. Run status: {status}.",
-             f"Data: {data_info.get('source')} ({data_info.get('layout', '')}; sentences "
-             f"{data_info.get('sentences', 'built-in')}).",
-             "MI per batch: He et al.'s estimator (their batches of 32, capped near log 32); MI whole split: the "
-             "aggregate posterior over the whole test split. `vae` is He et al.'s VAE + anneal (KL weight 0.1 -> 1 "
-             "over the warm-up), the published `vae` row."]
-    notes.append("Semi-supervised accuracy: Li et al.'s protocol (`fastvae probe`): a linear classifier on the frozen "
-                 "posterior mean, trained on 100 / 1,000 labelled training sentences, selected on validation loss, "
-                 "test accuracy. Probe acc: a logistic regression on 80% of the test split's posterior means, scored "
-                 "on the rest (a different, fastvae-only measure).")
-    other_models = [f"`{r['recipe']}` trains `{r['model_config']}`" for r in runs
-                    if r.get("model_config") not in (None, config)]
-    if other_models:
-        notes.append("Models: " + "; ".join(other_models) + " (Fu et al.'s own model, as their PTB script).")
-    if published != "none":
-        notes.append(f"Published: {PUBLISHED_SOURCE}.")
-        caveat = PUBLISHED_CAVEAT.get((config, published))
-        if caveat:
-            notes.append(f"Caveat: {caveat}.")
-    set_options = [f"`{r['recipe']}` " + ", ".join(f"{k}={v}" for k, v in r["options"].items())
-                   for r in runs if r.get("options")]
-    if set_options:
-        notes.append("Recipe options (the budget's and `--set`): " + "; ".join(set_options) + ".")
-    for r in runs:
-        if r.get("partial"):
-            notes.append(f"`{r['recipe']}` (partial): {r['partial_note']}; its NLL column is empty and its other "
-                         f"columns are validation figures.")
-    verdict = summary_line(runs)
-    if verdict:
-        notes.append(verdict)
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-
-
-def summary_line(runs: list[dict]) -> str | None:
-    by = {r["recipe"]: r for r in runs if "au" in r["test"]}
-    if "vae" not in by:
-        return None
-    vae_au = int(by["vae"]["test"]["au"])
-    remedies = [(name, int(by[name]["test"]["au"])) for name in REMEDIES if name in by]
-    partial = {name for name in by if by[name].get("partial")}
-    keeping = [f"`{n}` ({au}{', partial run: validation figures' if n in partial else ''})"
-               for n, au in remedies if au > 0]
-    losing = [f"`{n}`" for n, au in remedies if au == 0]
-    text = f"Contrast: `vae` {'collapsed (AU 0)' if vae_au == 0 else f'kept {vae_au} active units (no collapse)'}"
-    if remedies:
-        text += f"; remedies keeping active units: {', '.join(keeping) if keeping else 'none'}"
-        if losing:
-            text += f"; remedies that collapsed too: {', '.join(losing)}"
-    return text + "."
-
-
+# ----------------------------------------------------------------------------- outputs
 def _write_atomically(path: str, text: str) -> None:
     """Temporary file, then rename: an interrupt never leaves a truncated table or JSON behind."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -641,52 +437,66 @@ def _torch_threads() -> int:
 
 
 # ----------------------------------------------------------------------------- the time limit
-_TIME_LIMIT = {"minutes": None, "reached": False}
+@dataclasses.dataclass
+class _Alarm:
+    reached: bool = False  # set when the time limit went off inside `TimeLimit.armed`
 
 
-def arm_time_limit(minutes: float | None) -> None:
-    """After `minutes` of wall clock, interrupt the run the way Ctrl-C does (partial results are kept)."""
-    if not minutes:
-        return
-    _TIME_LIMIT["minutes"] = minutes
+@dataclasses.dataclass(frozen=True)
+class TimeLimit:
+    """The run's wall-clock limit: a deadline each job's process arms for itself (`armed`); none when `minutes`
+    is None. The deadline is `time.time()`, the same instant in every process of the machine."""
 
-    def reached(signum, frame):
-        _TIME_LIMIT["reached"] = True
-        raise KeyboardInterrupt
+    minutes: float | None = None
+    deadline: float | None = None
 
-    signal.signal(signal.SIGALRM, reached)
-    signal.setitimer(signal.ITIMER_REAL, minutes * 60.0)
+    @classmethod
+    def starting_now(cls, minutes: float | None) -> TimeLimit:
+        return cls(minutes, time.time() + minutes * 60.0) if minutes else cls()
+
+    @property
+    def reason(self) -> str:
+        return f"stopped by the {self.minutes:g}-minute time limit"
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
+    @contextlib.contextmanager
+    def armed(self):
+        """Within the block, reaching the deadline interrupts it the way Ctrl-C does (so a recipe keeps its partial
+        figures); the yielded alarm's `reached` then says it was the limit. Main thread only (SIGALRM)."""
+        alarm = _Alarm()
+        if self.deadline is None:
+            yield alarm
+            return
+
+        def reached(signum, frame):
+            alarm.reached = True
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGALRM, reached)
+        signal.setitimer(signal.ITIMER_REAL, max(self.deadline - time.time(), 1e-3))
+        try:
+            yield alarm
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0.0)
+            signal.signal(signal.SIGALRM, previous)
 
 
-def disarm_time_limit() -> None:
-    if _TIME_LIMIT["minutes"]:
-        signal.setitimer(signal.ITIMER_REAL, 0.0)
+# ----------------------------------------------------------------------------- jobs: one recipe each
+@dataclasses.dataclass(frozen=True)
+class RecipeJob:
+    """One recipe and everything its process needs; a worker process receives this object as it is."""
 
-
-def _interrupt_reason() -> str:
-    if _TIME_LIMIT["reached"]:
-        return f"stopped by the {_TIME_LIMIT['minutes']:g}-minute time limit"
-    return "interrupted"
-
-
-# ----------------------------------------------------------------------------- several recipes at once
-def child_argv(args, recipe: str, out: str, threads: int) -> list[str]:
-    """The command line of one `--jobs` worker: this script, one recipe, its own output folder."""
-    argv = [sys.executable, os.path.abspath(__file__), "--recipe", recipe, "--out", out, "--threads", str(threads),
-            "--config", args.config, "--budget", args.budget, "--published", args.published, "--device", args.device,
-            "--seed", str(args.seed), "--precision", getattr(args, "precision", "fp32")]
-    if getattr(args, "overwrite", False):
-        argv.append("--overwrite")
-    if args.data is not None:
-        argv += ["--data", os.path.abspath(args.data)]
-    for flag in ("epochs", "max_train", "max_eval", "iw_samples", "max_vocab", "warm_up", "pretrain_epochs",
-                 "aggressive_epochs", "optimizer"):
-        value = getattr(args, flag)
-        if value is not None:
-            argv += ["--" + flag.replace("_", "-"), str(value)]
-    for option, value in args.recipe_settings.get(recipe, {}).items():
-        argv += ["--set", f"{recipe}.{option}={json.dumps(value)}"]
-    return argv
+    recipe: str
+    settings: RunSettings
+    budget: Budget
+    out: str  # the folder of the recipe's run directory
+    data_dir: str | None = None  # train/valid/test.txt (None: the built-in corpus)
+    corpus_info: dict = dataclasses.field(default_factory=dict)
+    time_limit: TimeLimit = TimeLimit()
+    threads: int | None = None  # torch CPU threads (None: torch's choice)
+    log: str | None = None  # where a worker's output goes (None: this process's stdout/stderr)
 
 
 def job_order(recipes: list[str], budget: Budget, settings: dict) -> list[str]:
@@ -696,160 +506,261 @@ def job_order(recipes: list[str], budget: Budget, settings: dict) -> list[str]:
     return sorted(recipes, key=lambda r: (r != "aggressive", -epochs[r], r != "pretrain-fb"))
 
 
-def run_in_jobs(args, recipes: list[str], out: str, budget: Budget) -> tuple[list[dict], str]:
-    """Runs each recipe in its own worker process, `args.jobs` at a time; returns (runs in the recipes' order,
-    status). Ctrl-C / SIGTERM stops the workers the same way (each keeps its partial result)."""
-    import subprocess
+def plan_jobs(recipes: list[str], settings: RunSettings, budget: Budget, out: str, *, workers: int = 1,
+              threads: int | None = None, data_dir: str | None = None, corpus_info: dict | None = None,
+              time_limit: TimeLimit = TimeLimit()) -> list[RecipeJob]:
+    """The recipes' jobs in the order they start. One at a time, in the recipes' order, each run directory in
+    `out`; with several workers the long recipes first, each job in `<out>/jobs/<recipe>/` with its log."""
+    common = dict(settings=settings, budget=budget, data_dir=data_dir, corpus_info=corpus_info or {},
+                  time_limit=time_limit, threads=threads)
+    if workers == 1:
+        return [RecipeJob(recipe, out=out, **common) for recipe in recipes]
+    folders = {recipe: os.path.join(out, "jobs", recipe) for recipe in recipes}
+    return [RecipeJob(recipe, out=folders[recipe], log=os.path.join(folders[recipe], "log.txt"), **common)
+            for recipe in job_order(recipes, budget, settings.recipe_settings)]
 
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    pending = job_order(recipes, budget, args.recipe_settings)  # the table keeps `recipes` order
-    running, finished = {}, {}
-    interrupted = False
+
+def _outcome(recipe: str, run: dict | None = None, stopped: str | None = None, vocab_size: int | None = None) -> dict:
+    return {"recipe": recipe, "run": run, "stopped": stopped, "vocab_size": vocab_size}
+
+
+def run_job(job: RecipeJob, corpus=None) -> dict:
+    """Runs one recipe in this process: {"recipe", "run": its result (the partial one when stopped, or None),
+    "stopped": None or why (the time limit, a signal), "vocab_size"}. `corpus`: already loaded (else read
+    here). An error in the recipe is raised."""
+    if job.log:
+        _send_output_to(job.log)
+    if job.threads:
+        import torch
+
+        torch.set_num_threads(job.threads)
+    vocab_size = None
+    # SIGTERM (a worker's stop, or `timeout`) stops the recipe as Ctrl-C does: the trainer keeps its last step
+    previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        while pending or running:
-            while pending and len(running) < args.jobs:
-                recipe = pending.pop(0)
-                folder = os.path.join(out, "jobs", recipe)
-                os.makedirs(folder, exist_ok=True)
-                log = open(os.path.join(folder, "log.txt"), "w")
-                env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log follows the run live
-                # Workers get their own session: a Ctrl-C or `timeout` aimed at this process group reaches only
-                # this process, which then stops each worker once (a second signal would cut a worker's
-                # partial-result write short). Signals wait while a worker is started and registered, so none
-                # can be left running unknown.
-                blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGALRM})
-                try:
-                    running[recipe] = (subprocess.Popen(child_argv(args, recipe, folder, threads), stdout=log,
-                                                        stderr=subprocess.STDOUT, env=env, start_new_session=True),
-                                       log)
-                finally:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-                print(f"started {recipe} ({threads} thread{'s' if threads > 1 else ''}; log {log.name})", flush=True)
-            time.sleep(1.0)
-            for recipe, (proc, log) in list(running.items()):
-                if proc.poll() is not None:
-                    log.close()
-                    finished[recipe] = proc.returncode
-                    del running[recipe]
-                    print(f"finished {recipe} (exit {proc.returncode})", flush=True)
-    except KeyboardInterrupt:
-        interrupted = True
-        for proc, _ in running.values():
-            proc.send_signal(signal.SIGTERM)
-        for recipe, (proc, log) in running.items():
-            proc.wait()
-            log.close()
-            finished[recipe] = proc.returncode
-    runs, problems = [], []
-    for recipe in recipes:
-        path = os.path.join(out, "jobs", recipe, "reproduce.json")
-        if recipe not in finished:
-            problems.append(f"{recipe} not started")
-            continue
-        if not os.path.exists(path):
-            problems.append(f"{recipe} failed (exit {finished[recipe]}; see {os.path.join(out, 'jobs', recipe)})")
-            continue
+        with job.time_limit.armed() as alarm:
+            try:
+                corpus = corpus if corpus is not None else load_data(job.data_dir, job.budget)
+                vocab_size = len(corpus.vocab)
+                run = run_recipe(job.recipe, corpus, job.settings, job.budget, job.out, job.corpus_info)
+                return _outcome(job.recipe, run, vocab_size=vocab_size)
+            except (KeyboardInterrupt, RecipeInterrupted) as exc:
+                return _outcome(job.recipe, exc.result if isinstance(exc, RecipeInterrupted) else None,
+                                job.time_limit.reason if alarm.reached else "interrupted", vocab_size)
+    except Exception:
+        if job.log:  # the worker's log says why; the main process reports it too
+            traceback.print_exc()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _send_output_to(path: str) -> None:
+    """A worker's stdout and stderr, Python's and the C++ extension's, go to its log, line by line (the log
+    follows the run). The worker process ends with its job, so nothing is restored."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with open(path, "w") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    sys.stdout.reconfigure(line_buffering=True)
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _start_worker() -> None:
+    """A worker process's start: its own session, so a Ctrl-C or `timeout` aimed at the run's process group
+    reaches only the main process, which then stops each running job once (a second signal would cut a job's
+    partial-result write short). It starts with those signals blocked (see `run_jobs`): ignoring them drops any
+    that came while it started; `run_job` turns SIGTERM into a stop while a recipe runs."""
+    os.setsid()
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def _run_here(job: RecipeJob, corpus) -> Future:
+    """One job at a time runs in this process, the corpus read once for all of them."""
+    future = Future()
+    try:
+        future.set_result(run_job(job, corpus))
+    except BaseException as exc:  # as a worker process reports it
+        future.set_exception(exc)
+    return future
+
+
+def _run_in_new_process(job: RecipeJob) -> tuple[Future, ProcessPoolExecutor]:
+    """The job in a fresh interpreter of its own (spawn: its own torch threads and alarm): a pool of one worker
+    that ends with this one job (`max_tasks_per_child` would need Python 3.11, and leave idle workers)."""
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_worker)
+    # the worker is spawned now and inherits these signals blocked, until it has its own session
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        future = pool.submit(run_job, job)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    pool.shutdown(wait=False)  # no further jobs: the worker exits after this one
+    return future, pool
+
+
+@dataclasses.dataclass
+class _StopRequest:
+    signum: int | None = None
+    forwarded: bool = False
+
+
+@contextlib.contextmanager
+def _stop_requests(process_pool: bool):
+    """With worker processes, SIGINT/SIGTERM only note the request (the loop stops the workers once) and the
+    usual handlers come back for a second signal. Jobs run here meet the signals themselves."""
+    request = _StopRequest()
+    if not process_pool:
+        yield request
+        return
+
+    def note(signum, frame):
+        request.signum = signum
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    previous = {sig: signal.signal(sig, note) for sig in _STOP_SIGNALS}
+    try:
+        yield request
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_jobs(jobs: list[RecipeJob], workers: int, on_done: Callable[[RecipeJob, dict | BaseException], None],
+             corpus=None) -> tuple[list[str], str | None]:
+    """Runs the jobs, `workers` at a time, each in its own process (one at a time: in this process, sharing
+    `corpus`), and calls `on_done(job, outcome)` as each ends (`run_job`'s dict, or the exception of a job that
+    failed). Once a job stops (time limit, Ctrl-C, SIGTERM) or the deadline passes, no further job starts.
+    Returns (the recipes not started, why not)."""
+    pending, running = list(jobs), {}
+    why_not = None
+    time_limit = jobs[0].time_limit if jobs else TimeLimit()
+    with _stop_requests(process_pool=workers > 1) as request:
         try:
-            with open(path) as handle:
-                child = json.load(handle)
-        except (OSError, json.JSONDecodeError) as exc:
-            problems.append(f"{recipe}: unreadable results {path} ({exc})")
-            continue
-        runs.extend(child["runs"])
-        if child.get("status") != "finished":
-            problems.append(f"{recipe}: {child.get('status', 'no status')}")
-    if interrupted:
-        problems.insert(0, _interrupt_reason())
-    return runs, ("finished" if not problems else "; ".join(problems))
+            while pending or running:
+                if why_not is None and time_limit.expired():
+                    why_not = time_limit.reason
+                if request.signum is not None and not request.forwarded:
+                    why_not = why_not or "interrupted"
+                    for worker in multiprocessing.active_children():  # SIGTERM: a job stops after its step
+                        worker.terminate()
+                    request.forwarded = True
+                while pending and len(running) < workers and why_not is None:
+                    job = pending.pop(0)
+                    if workers == 1:
+                        print(f"\n=== {job.recipe} ({len(jobs) - len(pending)}/{len(jobs)}) ===", flush=True)
+                        running[_run_here(job, corpus)] = (job, None)
+                    else:
+                        print(f"started {job.recipe} ({job.threads} thread{'s' if job.threads > 1 else ''}; "
+                              f"log {job.log})", flush=True)
+                        future, pool = _run_in_new_process(job)
+                        running[future] = (job, pool)
+                if not running:
+                    break
+                done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+                for future in done:
+                    job, pool = running.pop(future)
+                    if pool is not None:
+                        pool.shutdown()  # its worker has ended or is ending: reap it
+                    outcome = future.exception() or future.result()
+                    if isinstance(outcome, KeyboardInterrupt):  # came as the job was ending: no figures
+                        outcome = _outcome(job.recipe, stopped="interrupted")
+                    if isinstance(outcome, dict) and outcome["stopped"]:
+                        why_not = why_not or outcome["stopped"]
+                    on_done(job, outcome)
+        except KeyboardInterrupt:  # a stop between two recipes, or a second signal: wait no longer
+            why_not = why_not or "interrupted"
+            for job, _ in running.values():
+                on_done(job, _outcome(job.recipe, stopped="interrupted"))
+    return [job.recipe for job in pending], why_not
+
+
+# ----------------------------------------------------------------------------- main
+def run_status(recipes: list[str], outcomes: dict, failures: dict, not_run: list[str], why_not: str | None) -> str:
+    """'finished', or what stopped or failed: "<why> during <recipe> (<its partial figures>); <recipe> failed (...);
+    not run: <recipes>"."""
+    parts = []
+    stopped = [r for r in recipes if r in outcomes and outcomes[r]["stopped"]]
+    for reason in dict.fromkeys(outcomes[r]["stopped"] for r in stopped):
+        during = [r + (f" ({outcomes[r]['run']['partial_note']})" if outcomes[r]["run"] else "")
+                  for r in stopped if outcomes[r]["stopped"] == reason]
+        parts.append(f"{reason} during {', '.join(during)}")
+    if not_run and not stopped and why_not:
+        parts.append(why_not)
+    parts += [f"{recipe} failed ({failures[recipe]})" for recipe in recipes if recipe in failures]
+    if not_run:
+        parts.append(f"not run: {', '.join(r for r in recipes if r in not_run)}")
+    return "; ".join(parts) or "finished"
 
 
 def main(argv=None) -> int:
     args, budget, recipes, published, out = resolve_args(argv)
-    arm_time_limit(args.time_limit)
-    try:
-        if args.jobs > 1 and len(recipes) > 1:
-            return main_jobs(args, budget, recipes, published, out, argv)
-        return main_sequential(args, budget, recipes, published, out, argv)
-    finally:
-        disarm_time_limit()
-
-
-def main_sequential(args, budget, recipes, published, out, argv) -> int:
-    """main() without --jobs: the recipes one after the other in this process."""
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    time_limit = TimeLimit.starting_now(args.time_limit)
+    workers = args.jobs if len(recipes) > 1 else 1
     os.makedirs(out, exist_ok=True)
     data_dir, data_info = prepare_data(args.data, out, budget, args.seed)
-    corpus = load_data(data_dir, budget)
     corpus_info = {"data": os.path.abspath(data_dir)} if data_dir else {"builtin": "grammar"}
     if budget.max_vocab and data_dir:
         corpus_info["max_vocab"] = budget.max_vocab
+    # one at a time the recipes share this process and its corpus; workers read their own
+    corpus = load_data(data_dir, budget) if workers == 1 else None
+    threads = args.threads or (max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
+    jobs = plan_jobs(recipes, RunSettings.from_args(args), budget, out, workers=workers, threads=threads,
+                     data_dir=data_dir, corpus_info=corpus_info, time_limit=time_limit)
     command = "python benchmarks/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
     payload = {"command": command, "config": args.config, "precision": args.precision,
                "budget": dataclasses.asdict(budget), "recipes": recipes,
                "published": published, "data": data_info, "device": args.device, "seed": args.seed,
                "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "load_average_start": list(os.getloadavg()), "vocab_size": len(corpus.vocab),
-               "threads": _torch_threads(), "runs": []}
-    print(f"reproduce: config {args.config}, recipes {', '.join(recipes)}, budget {budget}, data {data_info}, "
-          f"vocabulary {len(corpus.vocab)}, out {out}", flush=True)
-    status = "finished"
-    for i, recipe in enumerate(recipes):
-        print(f"\n=== {recipe} ({i + 1}/{len(recipes)}) ===", flush=True)
-        try:
-            payload["runs"].append(run_recipe(recipe, corpus, args, budget, out, corpus_info))
-            done = status if i + 1 == len(recipes) else f"running ({i + 1}/{len(recipes)} recipes done)"
-            table = render_table(payload["runs"], config=args.config, published=published, budget=budget,
-                                 data_info=data_info, device=args.device, iw_samples=budget.iw_samples, status=done)
-            payload["load_average_now"] = list(os.getloadavg())
-            write_outputs(out, table, payload, args.table)
-        except (KeyboardInterrupt, RecipeInterrupted) as exc:
-            status = f"{_interrupt_reason()} during {recipe}"
-            if isinstance(exc, RecipeInterrupted) and exc.result is not None:
-                payload["runs"].append(exc.result)
-                status += f" ({exc.result['partial_note']})"
-            if recipes[i + 1:]:
-                status += f"; not run: {', '.join(recipes[i + 1:])}"
-            break
-    disarm_time_limit()
-    table = render_table(payload["runs"], config=args.config, published=published, budget=budget,
-                         data_info=data_info, device=args.device, iw_samples=budget.iw_samples, status=status)
-    payload["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    payload["status"] = status
-    write_outputs(out, table, payload, args.table)
-    print("\n" + table, flush=True)
-    return 0 if status == "finished" else 1
+               "load_average_start": list(os.getloadavg()),
+               "vocab_size": len(corpus.vocab) if corpus is not None else None, "jobs": workers,
+               "threads": threads or _torch_threads(), "runs": []}
+    print(f"reproduce: config {args.config}, recipes {', '.join(recipes)}"
+          + (f" in {workers} jobs" if workers > 1 else "") + f", budget {budget}, data {data_info}"
+          + (f", vocabulary {len(corpus.vocab)}" if corpus is not None else "") + f", out {out}", flush=True)
+    outcomes, failures = {}, {}
 
+    def table(status: str) -> str:
+        payload["runs"] = [outcomes[r]["run"] for r in recipes if r in outcomes and outcomes[r]["run"]]
+        return render_table(payload["runs"], config=args.config, published=published, budget=budget,
+                            data_info=data_info, device=args.device, iw_samples=budget.iw_samples, status=status)
 
-def main_jobs(args, budget, recipes, published, out, argv) -> int:
-    """main() with --jobs: the recipes run in worker processes; one merged table, as main() writes it."""
-    os.makedirs(out, exist_ok=True)
-    _, data_info = prepare_data(args.data, out, budget, args.seed)
-    command = "python benchmarks/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    payload = {"command": command, "config": args.config, "precision": args.precision,
-               "budget": dataclasses.asdict(budget), "recipes": recipes,
-               "published": published, "data": data_info, "device": args.device, "seed": args.seed,
-               "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "load_average_start": list(os.getloadavg()), "jobs": args.jobs,
-               "threads": args.threads or max(1, (os.cpu_count() or 1) // args.jobs)}
-    print(f"reproduce: config {args.config}, recipes {', '.join(recipes)} in {args.jobs} jobs, budget {budget}, "
-          f"data {data_info}, out {out}", flush=True)
+    def on_done(job: RecipeJob, outcome) -> None:
+        if isinstance(outcome, BaseException):
+            print(f"{job.recipe} failed:", file=sys.stderr)
+            traceback.print_exception(type(outcome), outcome, outcome.__traceback__)
+            failures[job.recipe] = f"{type(outcome).__name__}: {outcome}" + (f"; see {job.log}" if job.log else "")
+        else:
+            outcomes[job.recipe] = outcome
+            if payload["vocab_size"] is None:
+                payload["vocab_size"] = outcome["vocab_size"]
+        if job.log:
+            print(f"finished {job.recipe} ({'failed' if job.recipe in failures else outcome['stopped'] or 'ok'})",
+                  flush=True)
+        ended = len(outcomes) + len(failures)
+        payload["load_average_now"] = list(os.getloadavg())
+        write_outputs(out, table(f"running ({ended}/{len(recipes)} recipes done)"), payload, args.table)
+
     start = time.perf_counter()
-    payload["runs"], status = run_in_jobs(args, recipes, out, budget)
-    disarm_time_limit()
+    not_run, why_not = run_jobs(jobs, workers, on_done, corpus)
     payload["wall_seconds"] = time.perf_counter() - start
     payload["load_average_now"] = list(os.getloadavg())
     payload["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    payload["status"] = status
-    table = render_table(payload["runs"], config=args.config, published=published, budget=budget,
-                         data_info=data_info, device=args.device, iw_samples=budget.iw_samples,
-                         status=f"{status}; {args.jobs} recipes at a time, {payload['threads']} thread(s) each, "
-                                f"{payload['wall_seconds'] / 60:.1f} min wall clock in all")
-    write_outputs(out, table, payload, args.table)
-    print("\n" + table, flush=True)
-    return 0 if status == "finished" else 1
+    payload["status"] = run_status(recipes, outcomes, failures, not_run, why_not)
+    how = (f"; {workers} recipes at a time, {threads} thread(s) each, {payload['wall_seconds'] / 60:.1f} min wall "
+           f"clock in all") if workers > 1 else ""
+    text = table(payload["status"] + how)
+    write_outputs(out, text, payload, args.table)
+    print("\n" + text, flush=True)
+    return 0 if payload["status"] == "finished" else 1
 
 
 if __name__ == "__main__":

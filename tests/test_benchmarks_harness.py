@@ -3,6 +3,7 @@ data layouts and published-figures table (on fake runs: no training here)."""
 import json
 import math
 import os
+import pickle
 import re
 import sys
 
@@ -15,8 +16,11 @@ sys.path.insert(0, os.path.abspath(BENCH))
 import conftest  # noqa: E402  (tests/ is on sys.path, as for helpers)
 import floor  # noqa: E402
 import render  # noqa: E402
+import render_reproduction  # noqa: E402
 import reproduce  # noqa: E402
 import run_all  # noqa: E402
+
+from fastvae.data.yelp import find_layout, read_yelp, split_sentences  # noqa: E402
 
 RECIPES_MD = os.path.join(conftest.SHARED, "docs", "recipes.md")
 
@@ -269,7 +273,7 @@ def test_resolve_args_budget_and_gpu_check_call(tmp_path):
     (["--recipe", "aggressive", "--set", "aggressive.aggressive_epochs=0"], "aggressive_epochs"),
     (["--jobs", "0"], "positive integer"),
     (["--time-limit", "0"], "positive number of minutes"),
-    (["--recipe", "pretrain-fb", "--set", "pretrain-fb.pretrain_epochs=2.5"], "pretrain_epochs must be a positive int"),
+    (["--recipe", "pretrain-fb", "--set", "pretrain-fb.pretrain_epochs=2.5"], "pretrain_epochs must be an int >= 1"),
     (["--recipe", "vae", "--set", "cyclical.cycles=2"], "not among the recipes run"),
     (["--recipe", "cyclical", "--set", "cyclical.cycels=2"], "do not apply to recipe 'cyclical'"),
     (["--recipe", "cyclical", "--set", "cycles=2"], "expected RECIPE.OPTION=VALUE"),
@@ -294,28 +298,33 @@ def test_set_options_reach_the_recipe_and_the_worker_command():
     assert options == {"warm_up": budget.warm_up, "pretrain_epochs": budget.pretrain_epochs, "fb_mode": "kingma",
                        "target_kl": 4.5}
     assert reproduce.recipe_options("vae", budget, args.recipe_settings) == {"kl_start": 0.1, "warm_up": budget.warm_up}
-    argv = reproduce.child_argv(args, "cyclical", "/tmp/x", threads=1)
-    assert argv[argv.index("--recipe") + 1] == "cyclical" and argv[argv.index("--epochs") + 1] == "3"
-    assert argv[argv.index("--set") + 1] == "cyclical.cycles=2" and argv.count("--set") == 1
-    # the worker's own parse gives back the same options
-    child, *_ = reproduce.resolve_args(argv[2:])
-    assert child.recipe_settings == {"cyclical": {"cycles": 2}} and child.jobs == 1
+    # a worker receives its job object itself (pickled across the process boundary), with the same options
+    jobs = reproduce.plan_jobs(recipes, reproduce.RunSettings.from_args(args), budget, "/tmp/x", workers=2, threads=1)
+    job = next(j for j in jobs if j.recipe == "cyclical")
+    assert pickle.loads(pickle.dumps(job)) == job
+    assert job.budget.epochs == 3 and job.threads == 1
+    assert job.out == os.path.join("/tmp/x", "jobs", "cyclical") and job.log == os.path.join(job.out, "log.txt")
+    assert reproduce.recipe_options("cyclical", job.budget, job.settings.recipe_settings) == {
+        "variant": "ptb-script", "cycles": 2}
     # the long recipes start first
     assert reproduce.job_order(list(reproduce.PAPER_RECIPES), reproduce.BUDGETS["small"], {}) == [
         "aggressive", "cyclical", "pretrain-fb", "vae", "beta"]
     assert reproduce.job_order(["vae", "beta"], reproduce.BUDGETS["small"], {"beta": {"epochs": 12}}) == [
         "beta", "vae"]
     # a worker gets every budget override, the aggressive cap and per-recipe epochs included
-    args = reproduce.resolve_args(["--recipe", "aggressive,vae", "--budget", "small", "--aggressive-epochs", "0",
-                                   "--set", "vae.epochs=3"])[0]
-    argv = reproduce.child_argv(args, "aggressive", "/tmp/x", threads=1)
-    assert argv[argv.index("--aggressive-epochs") + 1] == "0" and "--set" not in argv
-    argv = reproduce.child_argv(args, "vae", "/tmp/x", threads=1)
-    assert argv[argv.index("--set") + 1] == "vae.epochs=3"
-    child, child_budget, *_ = reproduce.resolve_args(argv[2:])
-    assert child_budget.aggressive_epochs is None
-    assert reproduce.split_epochs(reproduce.recipe_options("vae", child_budget, child.recipe_settings), "vae",
-                                  child_budget.epochs) == ({"kl_start": 0.1, "warm_up": child_budget.warm_up}, 3)
+    args, budget, recipes, _, _ = reproduce.resolve_args(["--recipe", "aggressive,vae", "--budget", "small",
+                                                          "--aggressive-epochs", "0", "--set", "vae.epochs=3"])
+    jobs = {j.recipe: pickle.loads(pickle.dumps(j))
+            for j in reproduce.plan_jobs(recipes, reproduce.RunSettings.from_args(args), budget, "/tmp/x", workers=2)}
+    assert "aggressive_epochs" not in reproduce.recipe_options("aggressive", jobs["aggressive"].budget,
+                                                               jobs["aggressive"].settings.recipe_settings)
+    vae = jobs["vae"]
+    assert vae.budget.aggressive_epochs is None
+    assert reproduce.split_epochs(reproduce.recipe_options("vae", vae.budget, vae.settings.recipe_settings), "vae",
+                                  vae.budget.epochs) == ({"kl_start": 0.1, "warm_up": vae.budget.warm_up}, 3)
+    # one job at a time: the recipes' order, each run directory in --out itself, output to this process
+    jobs = reproduce.plan_jobs(recipes, reproduce.RunSettings.from_args(args), budget, "/tmp/x")
+    assert [(j.recipe, j.out, j.log) for j in jobs] == [("aggressive", "/tmp/x", None), ("vae", "/tmp/x", None)]
     # Python's spellings of booleans are booleans, not the (truthy) strings "False"/"True"
     args = reproduce.resolve_args(["--recipe", "vae", "--set", "vae.aggressive=False", "--set", "vae.fb_mode=dim",
                                    "--set", "vae.target_kl=4"])[0]
@@ -325,8 +334,8 @@ def test_set_options_reach_the_recipe_and_the_worker_command():
 def test_yelp_layout_labels_from_suffix(tmp_path):
     (tmp_path / "sentiment.dev.0").write_text("bad food .\nnever again .\n\nslow service .\n")
     (tmp_path / "sentiment.dev.1").write_text("great place !\nlovely staff .\n")
-    assert reproduce.find_layout(str(tmp_path)) == "yelp"
-    found = reproduce.read_yelp(str(tmp_path))
+    assert find_layout(str(tmp_path)) == "yelp"
+    found = read_yelp(str(tmp_path))
     assert sorted(found["dev"]) == [(0, "bad food ."), (0, "never again ."), (0, "slow service ."),
                                     (1, "great place !"), (1, "lovely staff .")]
     budget = reproduce.BUDGETS["small"]
@@ -342,21 +351,21 @@ def test_yelp_layout_labels_from_suffix(tmp_path):
 def test_layout_errors(tmp_path):
     (tmp_path / "train.txt").write_text("a b\n")
     with pytest.raises(ValueError, match="missing test.txt, valid.txt"):
-        reproduce.find_layout(str(tmp_path))
+        find_layout(str(tmp_path))
     (tmp_path / "sentiment.holdout.1").write_text("x\n")
     with pytest.raises(ValueError, match="unknown split 'holdout'"):
-        reproduce.read_yelp(str(tmp_path))
+        read_yelp(str(tmp_path))
 
 
 def test_split_sentences_caps_and_determinism():
     rows = [(i % 2, f"s{i}") for i in range(100)]
-    a = reproduce.split_sentences(rows, seed=1, max_train=50, max_eval=5)
+    a = split_sentences(rows, seed=1, max_train=50, max_eval=5)
     assert [len(a[k]) for k in ("train", "valid", "test")] == [50, 5, 5]
-    assert a == reproduce.split_sentences(rows, seed=1, max_train=50, max_eval=5)
-    full = reproduce.split_sentences(rows, seed=1)
+    assert a == split_sentences(rows, seed=1, max_train=50, max_eval=5)
+    full = split_sentences(rows, seed=1)
     assert not set(full["train"]) & set(full["test"]) and len(full["train"]) == 80
     with pytest.raises(ValueError, match="too few"):
-        reproduce.split_sentences(rows[:2], seed=0)
+        split_sentences(rows[:2], seed=0)
 
 
 def _fake_run(recipe, au, nll=330.0, kl=0.0, mi=0.0):
@@ -374,25 +383,27 @@ def test_published_table_and_verdict():
     runs[1]["test"].update(ss_acc_100=0.61, ss_acc_1000=0.705, bleu_greedy_mean=12.34, bleu_beam_mean=13.0,
                            bleu_greedy_sample=9.0, bleu_beam_sample=9.5)
     runs[2]["model_config"] = "ptb-fu2019"
-    table = reproduce.render_table(runs, config="yahoo", published="yahoo", budget=reproduce.BUDGETS["full"],
-                                   data_info={"source": "x", "layout": "plain"}, device="cpu", iw_samples=500)
+    table = render_reproduction.render_table(runs, config="yahoo", published="yahoo", budget=reproduce.BUDGETS["full"],
+                                             data_info={"source": "x", "layout": "plain"}, device="cpu", iw_samples=500)
     row = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| `")}
     assert "328.6 / 0.0 / 0.0" in row["`vae`"] and "collapsed (AU 0)" in row["`vae`"]
     assert "328.5 / 3.8 / 2.2" in row["`beta`"] and "4 active units" in row["`beta`"]
     # BLEU when measured
     assert "| 12.3 / 13.0 | 9.0 / 9.5 | 0.610 / 0.705 |" in row["`beta`"] and "| - | - |" in row["`vae`"]
     assert "`cyclical` trains `ptb-fu2019`" in table
-    assert reproduce.collapse_verdict(_fake_run("cyclical", 1)) == "1 active unit"
+    assert render_reproduction.collapse_verdict(_fake_run("cyclical", 1)) == "1 active unit"
     assert "not published" in row["`cyclical`"] and "not published" in row["`pretrain-fb`"]
     assert row["`lm`"].rstrip().endswith("328.1 |") and "n/a (language model)" in row["`lm`"]
     assert "NLL (IW-500)" in table and "(Yahoo)" in table and "He et al." in table
     assert "Contrast: `vae` collapsed (AU 0); remedies keeping active units: `beta` (4), `pretrain-fb` (12); " \
            "remedies that collapsed too: `cyclical`." in table
-    yelp = reproduce.render_table(runs[:1], config="yelp", published="yelp15", budget=reproduce.BUDGETS["small"],
-                                  data_info={}, device="cpu", iw_samples=100)
+    yelp = render_reproduction.render_table(runs[:1], config="yelp", published="yelp15",
+                                            budget=reproduce.BUDGETS["small"], data_info={}, device="cpu",
+                                            iw_samples=100)
     assert "358.1 / 0.0 / 0.0" in yelp and "Caveat" in yelp and "Budget `small`" in yelp
-    bare = reproduce.render_table(runs[:2], config="ptb", published="none", budget=reproduce.BUDGETS["small"],
-                                  data_info={}, device="cpu", iw_samples=100)
+    bare = render_reproduction.render_table(runs[:2], config="ptb", published="none",
+                                            budget=reproduce.BUDGETS["small"], data_info={}, device="cpu",
+                                            iw_samples=100)
     assert "Published:" not in bare and "published NLL / KL / MI |" in bare
 
 
@@ -403,10 +414,10 @@ def test_published_figures_match_recipes_md():
     rows = {}
     for label, yahoo, yelp in re.findall(r"^\| ([^|]+?) \| ([\d./ ]+) \| ([\d./ ]+) \|$", text, flags=re.M):
         rows[label] = ([float(x) for x in yahoo.split("/")], [float(x) for x in yelp.split("/")])
-    for key, label in reproduce.PUBLISHED_LABELS.items():
+    for key, label in render_reproduction.PUBLISHED_LABELS.items():
         yahoo, yelp = rows[label]
         for dataset, values in (("yahoo", yahoo), ("yelp15", yelp)):
-            expected = [v for v in reproduce.PUBLISHED[dataset][key] if v is not None]
+            expected = [v for v in render_reproduction.PUBLISHED[dataset][key] if v is not None]
             assert values == expected, (label, dataset)
 
 
@@ -537,7 +548,6 @@ def test_reproduce_time_limit_keeps_partial_figures_and_skips_the_rest(tmp_path,
                              "--time-limit", "60", "--out", str(out)])
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0.0)
-        reproduce._TIME_LIMIT.update(minutes=None, reached=False)
     assert rc == 1
     payload = json.loads((out / "reproduce.json").read_text())
     assert "stopped by the 60-minute time limit during vae" in payload["status"]
