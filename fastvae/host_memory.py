@@ -28,13 +28,25 @@ TRIM_THRESHOLD = 1 << 30
 ENV = "FASTVAE_KEEP_FREED_MEMORY"
 
 
-@functools.lru_cache(maxsize=None)
-def keep_freed_memory() -> str:
-    """Applies the settings once per process; returns what happened, in words (`fastvae.info` shows it)."""
+_SETTINGS = (f"blocks up to {MMAP_THRESHOLD >> 20} MiB come from the heap and freed memory stays in the process up "
+             f"to {TRIM_THRESHOLD >> 30} GiB ({ENV}=0 turns it off)")
+
+
+def _not_applicable() -> str | None:
+    """Why the settings are not for this process, or None."""
     if os.environ.get(ENV, "1").strip() == "0":
         return f"off ({ENV}=0): malloc's own settings"
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return "not applied: the C library is not glibc"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def keep_freed_memory() -> str:
+    """Applies the settings once per process; returns what happened, in words."""
+    reason = _not_applicable()
+    if reason:
+        return reason
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         applied = (libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
@@ -43,6 +55,12 @@ def keep_freed_memory() -> str:
         return f"not applied: {exc}"
     if not applied:
         return "not applied: glibc refused the settings"
-    return (f"on: blocks up to {MMAP_THRESHOLD >> 20} MiB come from the heap and freed memory stays in the process "
-            f"up to {TRIM_THRESHOLD >> 30} GiB ({ENV}=0 turns it off)")
+    return f"on: {_SETTINGS}"
 
+
+def report() -> str:
+    """What `keep_freed_memory()` did in this process, or, before it ran, what a CPU run would do; applies
+    nothing (`fastvae.info` shows it)."""
+    if keep_freed_memory.cache_info().currsize:
+        return keep_freed_memory()
+    return _not_applicable() or f"applied by CPU training and evaluation: {_SETTINGS}"

@@ -64,7 +64,7 @@ def collect() -> dict:
         "requested_backend": backend.requested_backend(),
         "default_backends": {"cpu": backend.default_backends("cpu")},
         "precision": precision.report(),
-        "host_memory": host_memory.keep_freed_memory(),
+        "host_memory": host_memory.report(),
     }
     if torch.cuda.is_available():
         report["default_backends"]["cuda"] = backend.default_backends("cuda")
@@ -88,7 +88,7 @@ def format_report(r: dict) -> str:
         f"{', '.join(r['precision']['cpu_bf16_instructions']) or 'none'}; --precision auto picks "
         f"{r['precision']['auto_on_cpu']} on the CPU"
         + (f", {r['precision']['auto_on_cuda']} on the GPU" if "auto_on_cuda" in r["precision"] else ""),
-        f"freed CPU memory kept in the process (CPU training and evaluation): {r['host_memory']}",
+        f"freed CPU memory kept in the process: {r['host_memory']}",
     ]
     for device, table in r["default_backends"].items():
         lines.append(f"default backend per op on {device}:")

@@ -16,9 +16,10 @@ glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0
 # saves are not (glibc adapts its thresholds as it goes: measured 0-2,000 faults per ptb step without the
 # setting, 0-50 with it; benchmarks/results/issue14-host-memory-dropout-amd-epyc.md).
 PROBE = """
+import sys
 import torch
-from fastvae.host_memory import keep_freed_memory
-said = keep_freed_memory()
+from fastvae import host_memory, info
+said = host_memory.keep_freed_memory() if sys.argv[1] == "apply" else info.collect()["host_memory"]
 block = torch.empty(4 << 20)
 in_heap = False
 with open("/proc/self/maps") as maps:
@@ -31,8 +32,8 @@ print(in_heap)
 """
 
 
-def _probe(**env):
-    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120,
+def _probe(mode="apply", **env):
+    proc = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **env})
     assert proc.returncode == 0, proc.stderr[-3000:]
     said, in_heap = proc.stdout.strip().split("\n")[-2:]
@@ -45,6 +46,12 @@ def test_large_blocks_come_from_the_heap_and_the_switch_turns_it_off():
     said_off, in_heap_off = _probe(FASTVAE_KEEP_FREED_MEMORY="0")
     assert said_on.startswith("on:") and in_heap_on
     assert said_off.startswith("off") and not in_heap_off
+
+
+@glibc
+def test_info_reports_the_setting_without_applying_it():
+    said, in_heap = _probe("report")
+    assert said.startswith("applied by CPU training and evaluation:") and not in_heap
 
 
 def test_the_trainer_and_evaluation_apply_it(monkeypatch):
