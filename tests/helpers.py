@@ -24,3 +24,15 @@ def separating_target(row_kl: torch.Tensor) -> float:
     gaps = (rows[1:] - rows[:-1]) / rows[1:].abs().clamp_min(1.0)
     at = int(gaps.argmax())
     return float(rows[at] + 0.3 * (rows[at + 1] - rows[at]))
+
+
+def assert_error_within_pytorch_bf16(names, ours, pytorch_bf16, exact, norm_factor, max_factor=None):
+    """Each of `ours` is as close to `exact` (float64) as PyTorch's own bf16 result: the error norm within
+    `norm_factor` times PyTorch's, and with `max_factor` the largest element's error too."""
+    for name, a, b, e in zip(names, ours, pytorch_bf16, exact):
+        a, b, e = a.double().cpu(), b.double().cpu(), e.double().cpu()
+        mine, theirs = (a - e).norm().item(), (b - e).norm().item()
+        assert mine <= norm_factor * theirs + 1e-6, f"{name}: bf16 error norm {mine:.3g} vs PyTorch bf16 {theirs:.3g}"
+        if max_factor is not None:
+            mine, theirs = (a - e).abs().max().item(), (b - e).abs().max().item()
+            assert mine <= max_factor * theirs + 1e-6, f"{name}: largest bf16 error {mine:.3g} vs PyTorch {theirs:.3g}"

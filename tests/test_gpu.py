@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import assert_error_within_pytorch_bf16
 
 from fastvae import backend
 from fastvae.ops import linear_cross_entropy, linear_cross_entropy_reference
@@ -60,8 +61,8 @@ def test_fused_cross_entropy_cuda_float32(chunk):
 
 
 def test_fused_cross_entropy_cuda_bfloat16_copy_within_pytorch_bfloat16_error():
-    """A bfloat16 weight copy on the GPU: error against float64 within twice that of PyTorch's own autocast bf16
-    (the same bound as issue 14 asks of the CPU path), gradients reach the float32 master."""
+    """A bfloat16 weight copy on the GPU: the error against float64, in norm, within twice that of PyTorch's own
+    autocast bf16 (the bound issue 14 asks for)."""
     _require_cuda_core()
     hidden, weight, target, row_scale = _inputs(200, 64, 900, torch.float32, scale=2.0)
     exact = _run(linear_cross_entropy_reference, hidden.double(), weight.double(), target, row_scale.double())
@@ -73,9 +74,8 @@ def test_fused_cross_entropy_cuda_bfloat16_copy_within_pytorch_bfloat16_error():
             return linear_cross_entropy_reference(h, w, t, s)
 
     pytorch_bf16 = _run(autocast_reference, hidden, weight, target, row_scale)
-    for name, a, b, e in zip(("loss", "nll", "grad hidden", "grad weight"), got, pytorch_bf16, exact):
-        ours, theirs = (a - e).norm().item(), (b - e).norm().item()
-        assert ours <= 2.0 * theirs + 1e-6, f"{name}: error norm {ours:.3g} vs PyTorch bf16 {theirs:.3g}"
+    assert_error_within_pytorch_bf16(("loss", "nll", "grad hidden", "grad weight"), got, pytorch_bf16, exact,
+                                     norm_factor=2.0)
 
 
 @pytest.mark.parametrize("value", [1e4, -1e4, 80.0])
