@@ -80,10 +80,6 @@ def _load_training_corpus(args):
 
 
 _CORPUS_FLAGS = ["data", "train", "valid", "test", "corpus", "max_vocab", "min_count", "max_len"]
-# fastvae train's recipe flags: every declared recipe option (fastvae.training.recipes.RecipeOptions)
-_RECIPE_FLAGS = ["kl_start", "warm_up", "beta", "variant", "cycles", "ratio", "ramp", "cycle_epochs", "lr_restart",
-                 "fb_mode", "target_kl", "aggressive", "max_inner_steps", "inner_window", "aggressive_epochs",
-                 "pretrain_epochs"]
 # fastvae train's flags that are TrainConfig fields: generated from its declarations (fastvae.options)
 _OPTIMISATION_FLAGS = ["epochs", "batch_size", "batch_mode", "optimizer", "lr", "momentum", "clip", "patience",
                        "decay_factor", "decay_min_epoch", "max_decays", "plateau_decay"]
@@ -140,11 +136,12 @@ def _train_with_levels_set(args, ctx) -> int:
     from .training import Trainer
     from .training.checkpoint import read_checkpoint
     from .training.distributed import broadcast_object, main_reads
-    from .training.recipes import RecipeOptions
+    from .training.recipes import RECIPE_OPTION_NAMES, RecipeOptions
     from .training.trainer import TrainConfig
 
     if args.resume:
-        if any(getattr(args, f) is not None for f in _RECIPE_FLAGS + _TRAIN_FLAGS) or args.recipe or args.config:
+        if any(getattr(args, f) is not None for f in (*RECIPE_OPTION_NAMES, *_TRAIN_FLAGS)) \
+                or args.recipe or args.config:
             raise ValueError("--resume continues a run with its saved options; give no other training options")
         given = [f"--{f.replace('_', '-')}" for f in _CORPUS_FLAGS if getattr(args, f) is not None]
         given += ["--out"] * (args.out is not None) + ["--overwrite"] * args.overwrite
@@ -173,7 +170,7 @@ def _train_with_levels_set(args, ctx) -> int:
         # Fu et al.'s own PTB script trains their own model (ptb-fu2019): the ptb-script variant's default
         script = recipe == "cyclical" and args.variant == "ptb-script"
         config = args.config or ("tiny" if builtin else ("ptb-fu2019" if script else "ptb"))
-        recipe_options = options.from_arguments(args, RecipeOptions, _RECIPE_FLAGS)
+        recipe_options = options.from_arguments(args, RecipeOptions, RECIPE_OPTION_NAMES)
         train_options = options.from_arguments(args, TrainConfig, _TRAIN_FLAGS)
         if "epochs" not in train_options and builtin:
             train_options["epochs"] = DEMO_EPOCHS  # elsewhere the recipe's (100; cyclical ptb-script: 40)
@@ -431,7 +428,7 @@ _nonneg_int = options.int_type(0)
 
 
 def _add_train_parser(sub):
-    from .training.recipes import RECIPE_NAMES, RecipeOptions
+    from .training.recipes import RECIPE_NAMES, RECIPE_OPTION_NAMES, RecipeOptions
     from .training.trainer import TrainConfig
 
     p = sub.add_parser("train", help="train a text VAE (or the LSTM LM baseline) with a recipe",
@@ -454,8 +451,8 @@ def _add_train_parser(sub):
                                     "(default: tiny for a built-in corpus, ptb otherwise)")
     g.add_argument("--recipe", choices=RECIPE_NAMES,
                    help="default: vae; on a built-in corpus pretrain-fb (with Adam 3e-3: the demo)")
-    # the recipe options' flags, from their declarations (fastvae.training.recipes.RecipeOptions)
-    options.add_arguments(g, RecipeOptions, _RECIPE_FLAGS)
+    # every recipe option is a flag, from its declaration (fastvae.training.recipes.RecipeOptions)
+    options.add_arguments(g, RecipeOptions, RECIPE_OPTION_NAMES)
     g = p.add_argument_group("optimisation")
     on_builtin = {"epochs": f"; {DEMO_EPOCHS} on a built-in corpus",
                   "optimizer": f"; adam at lr {DEMO_ADAM_LR:g} on a built-in corpus",
