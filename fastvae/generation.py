@@ -7,9 +7,12 @@ STRATEGIES = ("greedy", "sample", "beam")
 
 
 def _check_vae(model):
-    if not hasattr(model, "encode") or not hasattr(model, "decoder"):
-        raise ValueError("generation needs a TextVAE (a model with an encoder and a latent); "
+    from .models.protocol import check_can_generate, is_vae_model
+
+    if not is_vae_model(model):
+        raise ValueError("generation needs a VAE (a model with an encoder and a latent); "
                          "this checkpoint holds a language model without a latent")
+    check_can_generate(model)
 
 
 def encode_sentences(model, vocab, sentences, device="cpu"):
@@ -35,7 +38,7 @@ def _decode(model, vocab, z, strategy, max_len, temperature, top_k, beam_size, g
 
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown decoding strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
-    ids = model.decoder.generate(z, BOS, EOS, max_len, strategy=strategy, temperature=temperature, top_k=top_k,
+    ids = model.generate(z, BOS, EOS, max_len, strategy=strategy, temperature=temperature, top_k=top_k,
                                  beam_size=beam_size, generator=generator)
     return [vocab.decode(row) for row in ids]
 
@@ -66,7 +69,7 @@ def sample_prior(model, vocab, num, *, strategy="greedy", max_len=40, temperatur
         raise ValueError(f"number of samples must be a positive int, got {num!r}")
     model.eval()
     device = next(model.parameters()).device
-    z = torch.randn(num, model.decoder.latent_dim, generator=generator, device=device)
+    z = torch.randn(num, model.latent_dim, generator=generator, device=device)
     return _decode(model, vocab, z, strategy, max_len, temperature, top_k, beam_size, generator)
 
 

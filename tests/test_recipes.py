@@ -262,7 +262,9 @@ def test_recipe_structure():
     pre, fb = r.phases
     assert isinstance(pre.schedule, ConstantSchedule) and pre.schedule.value == 0.0
     assert pre.select_by == "rec" and not pre.reset_decoder and pre.epochs == 2
-    assert fb.reset_decoder and fb.select_by == "elbo" and fb.objective.mode == "dim"
+    # the reset follows the model unless the option says (the Trainer resolves it; test_model_protocol.py)
+    assert fb.reset_decoder is None and fb.select_by == "elbo" and fb.objective.mode == "dim"
+    assert build_recipe("pretrain-fb", {"reset_decoder": False}).phases[1].reset_decoder is False
     assert (fb.schedule.start, fb.schedule.warm_up) == (0.0, 10.0)
     assert r.train_defaults["lr"] == 0.5 and r.train_defaults["patience"] == 5
     r = build_recipe("lm")

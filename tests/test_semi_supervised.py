@@ -35,6 +35,9 @@ class LabelVAE(nn.Module):
     def encode(self, tokens, lengths):
         return self.encoder(tokens, lengths)
 
+    def encoder_parameters(self):
+        return self.encoder.parameters()
+
 
 def _split(n, seed, name):
     gen = torch.Generator().manual_seed(seed)
@@ -57,12 +60,14 @@ def test_a_code_that_carries_the_label_is_classified_perfectly(classifier, freez
 
 def test_fine_tuning_trains_a_copy_of_the_encoder_and_freezing_does_not():
     model = TextVAE(50, "tiny")
-    frozen = LatentClassifier(model.encoder, model.latent_dim, 3, "linear", freeze_encoder=True)
-    tuned = LatentClassifier(model.encoder, model.latent_dim, 3, "linear", freeze_encoder=False)
-    assert all(not p.requires_grad for p in frozen.encoder.parameters())
+    frozen = LatentClassifier(model, model.latent_dim, 3, "linear", freeze_encoder=True)
+    tuned = LatentClassifier(model, model.latent_dim, 3, "linear", freeze_encoder=False)
+    assert frozen.trained_parameters() == list(frozen.head.parameters())  # the frozen model is not a submodule
     assert len(tuned.trained_parameters()) == len(list(model.encoder.parameters())) + 2
     assert frozen.head[0].p == 0.0 and tuned.head[0].p == 0.5  # dropout on mu only when fine-tuning, as the reference
-    assert tuned.encoder is not model.encoder and all(p.requires_grad for p in model.encoder.parameters())
+    assert tuned.vae is not model and all(p.requires_grad for p in model.parameters())
+    tokens = torch.tensor([[1, 5, 6, 2]])
+    assert frozen(tokens, torch.tensor([4])).shape == (1, 3) and model.training  # eval for encoding, then restored
 
 
 def test_on_a_real_vae_and_labelled_subsets():

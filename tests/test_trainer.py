@@ -341,7 +341,7 @@ def test_model_kind_must_match_recipe(corpus):
     from fastvae.models import LSTMLM, get_config
 
     lm = LSTMLM(len(corpus.vocab), get_config("tiny"))
-    with pytest.raises(ValueError, match="TextVAE"):
+    with pytest.raises(ValueError, match="trains a VAE, but the model given is a LSTMLM"):
         Trainer(lm, corpus, recipe="vae", **FAST)
 
 

@@ -48,8 +48,11 @@ def reconstruction_bleu(model, dataset: TextDataset, vocab, *, sources=BLEU_SOUR
     from ..data import BOS, EOS
 
     _sacrebleu()  # fail before any decoding
-    if not hasattr(model, "encode") or not hasattr(model, "decoder"):
+    from ..models.protocol import check_can_generate, is_vae_model
+
+    if not is_vae_model(model):
         raise ValueError("reconstruction BLEU needs a VAE (an encoder and a decoder); this is a language model")
+    check_can_generate(model)
     for name, values, allowed in (("sources", sources, BLEU_SOURCES), ("strategies", strategies, BLEU_STRATEGIES)):
         bad = [v for v in values if v not in allowed]
         if bad or not values:
@@ -73,7 +76,7 @@ def reconstruction_bleu(model, dataset: TextDataset, vocab, *, sources=BLEU_SOUR
                 codes["sample"] = mu + noise * (0.5 * logvar).exp()
             for source in sources:
                 for strategy in strategies:
-                    ids = model.decoder.generate(codes[source], BOS, EOS, max_len, strategy=strategy,
+                    ids = model.generate(codes[source], BOS, EOS, max_len, strategy=strategy,
                                                  beam_size=beam_size)
                     for row, decoded in zip(batch.indices.tolist(), ids):
                         hyps[(strategy, source)][row] = vocab.decode(decoded)

@@ -56,7 +56,9 @@ def perplexity(total_nats: float, num_tokens: int) -> float:
         return math.inf
 
 def _is_lm(model) -> bool:
-    return hasattr(model, "nll") and not hasattr(model, "encode")
+    from ..models.protocol import is_vae_model
+
+    return callable(getattr(model, "nll", None)) and not is_vae_model(model)
 
 
 def _model_device(model) -> torch.device:

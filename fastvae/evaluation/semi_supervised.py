@@ -28,16 +28,23 @@ PAPER_LABEL_COUNTS = (100, 500, 1000, 2000, 10000)
 
 
 class LatentClassifier(nn.Module):
-    """An encoder (a copy: the VAE is never changed) and a classifier on its posterior mean."""
+    """A classifier on a VAE's posterior mean (`model.encode`, fastvae.models.protocol). A fine-tuned encoder
+    trains in a copy of the model (the VAE is never changed; only its encoder_parameters() train); a frozen one
+    is the model itself, used without gradients and in eval mode."""
 
-    def __init__(self, encoder: nn.Module, latent_dim: int, num_classes: int, kind: str, freeze_encoder: bool):
+    def __init__(self, model: nn.Module, latent_dim: int, num_classes: int, kind: str, freeze_encoder: bool):
         super().__init__()
         if kind not in CLASSIFIERS:
             raise ValueError(f"unknown classifier {kind!r}; choose one of {', '.join(CLASSIFIERS)}")
-        self.encoder = copy.deepcopy(encoder)
         self.freeze_encoder = freeze_encoder
-        for p in self.encoder.parameters():
-            p.requires_grad_(not freeze_encoder)
+        if freeze_encoder:
+            self.vae = None
+            self.__dict__["_frozen_model"] = model  # not a submodule: .to(), parameters() and state_dict skip it
+        else:
+            self.vae = copy.deepcopy(model)
+            encoder_ids = {id(p) for p in self.vae.encoder_parameters()}
+            for p in self.vae.parameters():
+                p.requires_grad_(id(p) in encoder_ids)
         if kind == "linear":
             self.head = nn.Sequential(nn.Dropout(0.0 if freeze_encoder else 0.5), nn.Linear(latent_dim, num_classes))
         else:
@@ -46,8 +53,17 @@ class LatentClassifier(nn.Module):
                                       nn.Linear(latent_dim, num_classes))
 
     def forward(self, tokens, lengths):
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-            mu, _ = self.encoder(tokens, lengths)
+        if self.vae is None:
+            model = self.__dict__["_frozen_model"]
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    mu, _ = model.encode(tokens, lengths)
+            finally:
+                model.train(was_training)
+        else:
+            mu, _ = self.vae.encode(tokens, lengths)
         return self.head(mu.float())
 
     def trained_parameters(self):
@@ -91,8 +107,13 @@ def semi_supervised_accuracy(model, train: TextDataset, valid: TextDataset, test
                              clip: float = 5.0, patience: int = 2, max_decays: int = 5, seed: int = 0) -> dict:
     """Li et al.'s protocol (module docstring) for one labelled-subset size: the test accuracy of the classifier
     with the best validation loss, and what led to it."""
-    if not hasattr(model, "encoder") or not hasattr(model, "encode"):
+    from ..models.protocol import is_vae_model
+
+    if not is_vae_model(model):
         raise ValueError("semi-supervised classification needs a VAE's encoder; this is a language model")
+    if not freeze_encoder and not callable(getattr(model, "encoder_parameters", None)):
+        raise ValueError(f"fine-tuning the encoder needs {type(model).__name__}.encoder_parameters() (which "
+                         f"parameters are the encoder's, fastvae.models.protocol); or freeze it")
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"optimizer must be sgd or adam, got {optimizer!r}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience),
@@ -106,7 +127,7 @@ def semi_supervised_accuracy(model, train: TextDataset, valid: TextDataset, test
     num_classes = int(max(int(s.labels.max()) for s in (train, valid, test))) + 1
     device = next(model.parameters()).device
     torch.manual_seed(seed)  # the classifier's initialisation and dropout masks
-    net = LatentClassifier(model.encoder, model.latent_dim, num_classes, classifier, freeze_encoder).to(device)
+    net = LatentClassifier(model, model.latent_dim, num_classes, classifier, freeze_encoder).to(device)
     lr = lr if lr is not None else (1.0 if optimizer == "sgd" else 1e-3)
 
     def new_optimizer(rate):

@@ -89,7 +89,7 @@ class LSTMEncoder(nn.Module):
 
 class TextVAE(nn.Module):
     """LSTM encoder, fastvae.nn.LSTMDecoder, Gaussian latent (recipes.md); the config's family chooses He et al.'s
-    model or Fu et al.'s (fastvae.models.config)."""
+    model or Fu et al.'s (fastvae.models.config). Implements fastvae.models.protocol in full."""
 
     def __init__(self, vocab_size: int, config: ModelConfig | str):
         super().__init__()
@@ -142,6 +142,13 @@ class TextVAE(nn.Module):
         _check_batch("TextVAE.reconstruction_loss", tokens, lengths, self.vocab_size)
         return self.decoder.reconstruction_loss(tokens[:, :-1], tokens[:, 1:], z, lengths=lengths - 1, pad_id=PAD,
                                                 scale=scale)
+
+    def generate(self, z: torch.Tensor, bos_id: int, eos_id: int, max_len: int, *, strategy: str = "greedy",
+                 temperature: float = 1.0, top_k: int = 0, beam_size: int = 5,
+                 generator: torch.Generator | None = None) -> list[list[int]]:
+        """Decodes z [N, nz] (LSTMDecoder.generate): N lists of ids without <s> and </s>."""
+        return self.decoder.generate(z, bos_id, eos_id, max_len, strategy=strategy, temperature=temperature,
+                                     top_k=top_k, beam_size=beam_size, generator=generator)
 
     def set_compute_dtype(self, dtype: torch.dtype | None) -> None:
         """bfloat16 GEMMs on cached weight copies (LSTMDecoder.set_compute_dtype, LSTMEncoder.set_compute_dtype);

@@ -215,22 +215,33 @@ def _migrate_2_to_3(ckpt: dict) -> None:
 _MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
-def load_model(path: str, device: str | torch.device = "cpu"):
-    """(model in eval mode, vocab, checkpoint dict) from a checkpoint written by the trainer."""
+def load_model(path: str, device: str | torch.device = "cpu", *, model=None):
+    """(model in eval mode, vocab, checkpoint dict) from a checkpoint written by the trainer. The model is rebuilt
+    from the checkpoint's model config (fastvae's models) or model source (fastvae.hf); a user's own module is
+    given as `model` and its weights are loaded into it."""
     from ..data import Vocab
     from ..devices import resolve_device
     from ..models import ModelConfig, build_model
+    from ..models.protocol import rebuild_from_source
 
     device = resolve_device(device)  # before reading: a device that is not there is the first thing to say
     ckpt = read_checkpoint(path)
-    config = ModelConfig(**ckpt["model_config"])
     vocab = Vocab.from_dict(ckpt["vocab"])
-    model = build_model(ckpt["kind"], len(vocab), config)
+    if model is not None:
+        described = f"the given {type(model).__name__}"
+    elif ckpt.get("model_config") is not None:
+        model = build_model(ckpt["kind"], len(vocab), ModelConfig(**ckpt["model_config"]))
+        described = f"its own model config ({ckpt['model_config']}, vocabulary {len(vocab)})"
+    elif ckpt.get("model_source") is not None:
+        model = rebuild_from_source(ckpt["model_source"], where=repr(path))
+        described = f"the model its source describes ({ckpt['model_source']['builder']})"
+    else:
+        raise ValueError(f"checkpoint {path!r} holds a {ckpt.get('model_class', 'user model')}, which it cannot "
+                         f"rebuild: build the model and pass it (load_model(path, model=...))")
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:  # missing/unexpected keys or shapes: the file was edited or is foreign
-        raise ValueError(f"checkpoint {path!r}: its weights do not match its own model config "
-                         f"({ckpt['model_config']}, vocabulary {len(vocab)}): "
+        raise ValueError(f"checkpoint {path!r}: its weights do not match {described}: "
                          f"{' '.join(str(exc).split())[:400]}") from exc
     model.to(device).eval()
     return model, vocab, ckpt

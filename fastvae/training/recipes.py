@@ -79,6 +79,10 @@ class RecipeOptions:
                                            unset="the MI stop alone, as He et al.")
     pretrain_epochs: int | None = option(None, "pretrain-fb: epochs of the AE phase", kind=int, minimum=1,
                                          unset="the run's epochs")
+    reset_decoder: bool | None = option(None, "pretrain-fb: re-initialise the decoder when the fb phase starts "
+                                        "(Li et al.); off keeps the decoder the AE phase trained",
+                                        kind=bool, unset="on; off for a model whose decoder is pretrained "
+                                                         "(decoder_is_pretrained, e.g. fastvae.hf)")
 
 
 RECIPE_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(RecipeOptions))
@@ -96,7 +100,7 @@ RECIPE_OPTIONS = {
                  "cycle_epochs": None, "lr_restart": None, **_VAE_COMMON},
     "aggressive": {"kl_start": 0.1, "warm_up": 10.0, **_VAE_COMMON, "aggressive": True},
     "pretrain-fb": {"kl_start": 0.0, "warm_up": 10.0, **_VAE_COMMON, "fb_mode": "dim", "target_kl": 8.0,
-                    "pretrain_epochs": None},
+                    "pretrain_epochs": None, "reset_decoder": None},
 }
 # a table key that is not a declared option would be an option without help or bounds
 assert set().union(*RECIPE_OPTIONS.values()) <= set(RECIPE_OPTION_NAMES)
@@ -121,7 +125,9 @@ class Phase:
     objective: KLObjective | None  # None: language model (no latent)
     policy: object
     select_by: str  # "elbo" (rec + unmasked kl), "beta-loss" (rec + beta x kl), "rec", or "nll" (language model)
-    reset_decoder: bool = False  # re-initialise every decoder parameter when the phase starts
+    # re-initialise every decoder parameter when the phase starts; None: the model's default, decided by the
+    # Trainer once the model is known (fastvae.models.protocol.resolve_reset_decoder)
+    reset_decoder: bool | None = False
     epochs: int | None = None  # None: the trainer's `epochs`
     lr_restart: str = "none"  # "cosine"/"cosine-epoch": learning rate restarts with each KL cycle (LR_RESTARTS)
 
@@ -243,7 +249,7 @@ def build_recipe(name: str, options: dict | None = None) -> Recipe:
         pretrain = Phase("pretrain", ConstantSchedule(0.0), KLObjective(), _policy(opts), select_by="rec",
                          epochs=opts["pretrain_epochs"])
         anneal = Phase("fb", LinearAnnealing(opts["kl_start"], opts["warm_up"]), objective, _policy(opts),
-                       select_by="elbo", reset_decoder=True)
+                       select_by="elbo", reset_decoder=opts["reset_decoder"])
         phases = [pretrain, anneal]
     else:  # resolve_options has rejected every other name
         raise AssertionError(name)

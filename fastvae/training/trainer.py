@@ -43,9 +43,14 @@ from ..devices import resolve_device
 from ..host_memory import keep_freed_memory
 from ..logs import console_output, progress_bar
 from ..options import option, validate as validate_options
+from ..models.config import ModelConfig
+from ..models.protocol import (check_lm_model, check_vae_model, is_vae_model, model_class_name, model_source,
+                               resolve_reset_decoder)
 from ..precision import PRECISIONS, resolve as resolve_precision
 
 log = logging.getLogger("fastvae.train")
+
+DEFAULT_BATCH_SIZE = 32  # the papers' batch, for a model without a fastvae config
 
 
 class TrainingDiverged(RuntimeError):
@@ -70,7 +75,8 @@ class TrainConfig:
     config: str = option("tiny", "model config name (used when no model is given)", kind=str, flag=False)
     epochs: int | None = option(None, "epochs per phase", kind=int, minimum=1,
                                 unset="the recipe's: 100, and 40 for cyclical's ptb-script variant, Fu et al.'s script")
-    batch_size: int | None = option(None, "sentences per batch", kind=int, minimum=1, unset="the model config's")
+    batch_size: int | None = option(None, "sentences per batch", kind=int, minimum=1,
+                                    unset="the model config's; 32 for a model without a fastvae config")
     batch_mode: str = option("bucket", "bucket: sentences of one length per batch (the references); padded",
                              kind=str, choices=BATCH_MODES)
     optimizer: str | None = option(None, "sgd or adam", kind=str, choices=OPTIMIZERS,
@@ -208,9 +214,18 @@ class Trainer:
         if model is None:  # the model's initialisation follows the seed too
             torch.manual_seed(self.cfg.seed)
         self.model = self._build_or_check_model(model)
+        # a model of fastvae's configs has one (checkpoints rebuild it by name); a user's own model need not
+        self.model_config = getattr(self.model, "config", None)
+        if not isinstance(self.model_config, ModelConfig):
+            self.model_config = None
         self.model.to(self.device)
         broadcast_parameters(self.model, self.dist)  # every rank starts from rank 0's weights
-        self.batch_size = self.cfg.batch_size or self.model.config.batch_size
+        self.batch_size = self.cfg.batch_size or (self.model_config.batch_size if self.model_config is not None
+                                                  else DEFAULT_BATCH_SIZE)
+        if self.is_vae:
+            for phase in self.recipe.phases:  # pretrain-fb's decoder reset: the option, else the model's default
+                if phase.reset_decoder is not False:
+                    phase.reset_decoder = resolve_reset_decoder(self.model, phase.reset_decoder)
         # a model that keeps bfloat16 copies of its weights runs its decoder GEMMs on them (no autocast there)
         self._model_casts_itself = self.precision == "bf16" and hasattr(self.model, "set_compute_dtype")
         if self._model_casts_itself:
@@ -268,10 +283,16 @@ class Trainer:
         if model is None:
             config = self._model_config_obj or get_config(self.cfg.config)
             return build_model(kind, len(self.corpus.vocab), config)
-        is_vae = hasattr(model, "encode")
-        if (kind == "vae") != is_vae:
-            raise ValueError(f"recipe {self.recipe.name!r} trains a {'TextVAE' if kind == 'vae' else 'LSTMLM'}, "
-                             f"but the model given is a {type(model).__name__}")
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
+        if (kind == "vae") != is_vae_model(model):
+            raise ValueError(f"recipe {self.recipe.name!r} trains a {'VAE' if kind == 'vae' else 'language model'}, "
+                             f"but the model given is a {type(model).__name__} "
+                             f"({'without' if kind == 'vae' else 'with'} encode(); fastvae.models.protocol)")
+        if kind == "vae":
+            check_vae_model(model)
+        else:
+            check_lm_model(model)
         if getattr(model, "vocab_size", len(self.corpus.vocab)) != len(self.corpus.vocab):
             raise ValueError(f"the model's vocabulary size ({model.vocab_size}) differs from the corpus's "
                              f"({len(self.corpus.vocab)})")
@@ -366,7 +387,7 @@ class Trainer:
         words = (lengths - 1).sum()
         if n == 0:  # a batch with fewer rows than ranks: this rank contributes nothing
             if self.is_vae:  # keep the noise generator in step with the other ranks
-                global_noise(global_rows, self.model.config.latent_dim, self.dist, generator=self._noise_gen)
+                global_noise(global_rows, self.model.latent_dim, self.dist, generator=self._noise_gen)
             zero = torch.zeros((), device=self.device)
             stats = {"loss_sum": zero, "rec_sum": zero.clone(), "kl_sum": zero.clone(), "words": words,
                      "sentences": global_rows}
@@ -493,7 +514,8 @@ class Trainer:
     def checkpoint_dict(self, *, resumable: bool = True, rank_rng: list | None = None) -> dict:
         ckpt = {
             "format_version": FORMAT_VERSION, "fastvae_version": __version__, "kind": self.recipe.model_kind,
-            "model_config": dataclasses.asdict(self.model.config), "vocab": self.corpus.vocab.to_dict(),
+            "model_config": self._model_config_dict(), "model_class": model_class_name(self.model),
+            "model_source": model_source(self.model), "vocab": self.corpus.vocab.to_dict(),
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "corpus": self.corpus_info, "recipe": self.recipe.name,
         }
@@ -511,6 +533,14 @@ class Trainer:
             if rank_rng is not None:  # every rank's own torch RNG (dropout) for an exact distributed resume
                 ckpt["rng"]["rank_torch"] = rank_rng
         return ckpt
+
+    def _model_config_dict(self) -> dict | None:
+        return None if self.model_config is None else dataclasses.asdict(self.model_config)
+
+    @property
+    def model_name(self) -> str:
+        """The config's name for fastvae's models, the class's for others (logs, plots)."""
+        return self.model_config.name if self.model_config is not None else type(self.model).__name__
 
     def save_checkpoint(self, name: str) -> None:
         if self.out_dir is None:
@@ -537,7 +567,8 @@ class Trainer:
             return
         info = {"fastvae_version": __version__, "train": dataclasses.asdict(self.cfg),
                 "recipe": self.recipe.describe(), "model_kind": self.recipe.model_kind,
-                "model_config": dataclasses.asdict(self.model.config), "vocab_size": len(self.corpus.vocab),
+                "model_config": self._model_config_dict(), "model_class": model_class_name(self.model),
+                "model_source": model_source(self.model), "vocab_size": len(self.corpus.vocab),
                 "corpus": self.corpus_info, "corpus_stats": getattr(self.corpus, "stats", {}),
                 "optimizer": self.optimizer_name, "lr": self.base_lr, "patience": self.patience,
                 "batch_size": self.batch_size, "device": str(self.device),
@@ -551,7 +582,7 @@ class Trainer:
             return
         from .plots import plot_history
 
-        plot_history(self.history, path, title=f"{self.recipe.name} ({self.model.config.name})")
+        plot_history(self.history, path, title=f"{self.recipe.name} ({self.model_name})")
 
     def _print(self, text: str) -> None:
         """One of the run's INFO messages, from rank 0, to the `fastvae.train` logger (fastvae.logs)."""
@@ -734,14 +765,16 @@ class Trainer:
     def from_checkpoint(cls, path: str, corpus, *, corpus_info: dict | None = None,
                         distributed: DistContext | None = None, allow_changed_data: bool = False,
                         progress: bool | None = None, verbose: bool | None = None, step_callbacks=(),
-                        checkpoint: dict | None = None) -> "Trainer":
+                        checkpoint: dict | None = None, model=None) -> "Trainer":
         """The trainer of the run that wrote `path` (its run directory or `last.pt`), rebuilt from the checkpoint
         alone: recipe, recipe options, every training option and the model config as the run had them (migrated
         from older formats by `checkpoint.py`). `fit()` then continues the run exactly where it stopped. `corpus`
         must be the run's data (its vocabulary and, with `corpus_info`, its file fingerprints are checked);
         `progress`/`verbose` may differ (they change no result). `checkpoint`: the file's contents when the caller has
-        already read it (`read_checkpoint`); it is then not read again, neither here nor by `fit()`."""
-        from ..models.config import ModelConfig
+        already read it (`read_checkpoint`); it is then not read again, neither here nor by `fit()`. `model`: the
+        run's model object when it is not one of fastvae's configs and the checkpoint cannot rebuild it (a user's
+        own module; fastvae.hf models are rebuilt from their recorded sources); its weights are then loaded."""
+        from ..models.protocol import rebuild_from_source
 
         last = os.path.join(path, "last.pt") if os.path.isdir(path) else path
         dist = distributed if distributed is not None else SINGLE
@@ -750,12 +783,19 @@ class Trainer:
             raise ValueError(f"{last!r} holds a model only (no training state); resuming needs the last.pt of a run")
         cfg = dict(saved["train_config"])
         options = {k: v for k, v in cfg.items() if k in _TRAIN_FIELDS and k not in ("recipe", "recipe_options")}
-        options["config"] = ModelConfig.from_dict(saved["model_config"])  # the run's model, named or not
+        if model is None and saved.get("model_config") is not None:
+            options["config"] = ModelConfig.from_dict(saved["model_config"])  # the run's model, named or not
+        elif model is None and saved.get("model_source") is not None:
+            model = rebuild_from_source(saved["model_source"], where=repr(last))
+        elif model is None:
+            raise ValueError(f"{last!r} was written by a run that trained a {saved.get('model_class', 'user model')}, "
+                             f"which the checkpoint cannot rebuild: pass the model (Trainer.from_checkpoint(path, "
+                             f"corpus, model=...)); its weights are loaded from the checkpoint")
         for name, value in (("progress", progress), ("verbose", verbose)):
             if value is not None:
                 options[name] = value
         out_dir = os.path.dirname(os.path.abspath(last))
-        trainer = cls(None, corpus, recipe=cfg["recipe"], out_dir=out_dir, recipe_options=cfg["recipe_options"],
+        trainer = cls(model, corpus, recipe=cfg["recipe"], out_dir=out_dir, recipe_options=cfg["recipe_options"],
                       corpus_info=corpus_info, distributed=distributed, allow_changed_data=allow_changed_data,
                       step_callbacks=step_callbacks, **options)
         trainer._resume_path, trainer._resume_checkpoint = last, saved
@@ -839,7 +879,7 @@ class Trainer:
         if fresh:  # dropout: each rank its own stream (rank 0's is the single-process one)
             torch.manual_seed(_derive_seed(self.cfg.seed, 4) + self.dist.rank)
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
-        self._print(f"fastvae train: recipe {self.recipe.name}, model {self.model.config.name} "
+        self._print(f"fastvae train: recipe {self.recipe.name}, model {self.model_name} "
                     f"({sum(p.numel() for p in self.model.parameters()):,} parameters), "
                     f"{len(self.corpus.train):,} training sentences, batch {self.batch_size} ({self.cfg.batch_mode}), "
                     f"{self.optimizer_name} lr {self.base_lr:g}, device {self.device}, precision {self.precision}"
@@ -894,10 +934,14 @@ class Trainer:
             raise ValueError(f"{path!r} was written by recipe {ckpt['recipe']!r} ({ckpt['kind']}); "
                              f"this trainer runs {self.recipe.name!r}")
         saved_config = ckpt.get("model_config")
-        if saved_config is not None and saved_config != dataclasses.asdict(self.model.config):
+        if saved_config is not None and saved_config != self._model_config_dict():
             raise ValueError(f"{path!r} holds a model with config {saved_config}, but this trainer builds "
-                             f"{dataclasses.asdict(self.model.config)}: resume with the run's own options "
+                             f"{self._model_config_dict()}: resume with the run's own options "
                              f"(fastvae train --resume RUN_DIR)")
+        saved_class = ckpt.get("model_class")
+        if saved_class is not None and saved_class != model_class_name(self.model):
+            raise ValueError(f"{path!r} was written by a run that trained a {saved_class}, but this trainer's model "
+                             f"is a {model_class_name(self.model)}")
         state = ckpt["trainer"]
         self.model.load_state_dict(ckpt["model"])
         self.progress.load_state_dict(state)
