@@ -133,7 +133,9 @@ def _sync(device):
 def measure_gemm_gflops(device: str | torch.device = "cpu", shapes=None, repeats: int = 5,
                         min_time: float = 0.2, dtype: torch.dtype = torch.float32) -> dict:
     """Best GEMM rate over a few shapes (square and the workloads' own), medians of `repeats`, in `dtype`
-    (float32; bfloat16 for the floor of the bf16 workloads).
+    (float32; bfloat16 for the floor of the bf16 workloads). On the CPU in float32 each shape is also timed
+    through oneDNN (where this torch's oneDNN takes float32), since fastvae's fused ops may multiply there
+    (csrc/gemm.h): the floor is the faster library's.
 
     On a GPU TF32 stays off for this (fp32 means fp32: the floors are fp32 floors)."""
     device = torch.device(device)
@@ -147,31 +149,56 @@ def measure_gemm_gflops(device: str | torch.device = "cpu", shapes=None, repeats
             a = torch.randn(m, k, device=device).to(dtype)
             b = torch.randn(k, n, device=device).to(dtype)
             out = torch.empty(m, n, device=device, dtype=dtype)
-            torch.mm(a, b, out=out)
-            _sync(device)
-            # how many calls fill min_time
-            start = time.perf_counter()
-            calls = 0
-            while time.perf_counter() - start < min_time / 4:
-                torch.mm(a, b, out=out)
-                calls += 1
-            _sync(device)
-            calls = max(1, int(calls * 4 * min_time / max(time.perf_counter() - start, 1e-9) / 4))
-            rates = []
-            for _ in range(repeats):
-                _sync(device)
-                t0 = time.perf_counter()
-                for _ in range(calls):
-                    torch.mm(a, b, out=out)
-                _sync(device)
-                rates.append(2.0 * m * k * n * calls / (time.perf_counter() - t0) / 1e9)
-            per_shape[f"{m}x{k}x{n}"] = statistics.median(rates)
+            candidates = {"aten": lambda: torch.mm(a, b, out=out)}
+            onednn = _onednn_fp32_product(a, b) if device.type == "cpu" and dtype == torch.float32 else None
+            if onednn is not None:
+                candidates["onednn"] = onednn
+            for library, product in candidates.items():
+                name = f"{m}x{k}x{n}" + ("" if library == "aten" else f" ({library})")
+                per_shape[name] = _median_rate(product, 2.0 * m * k * n, device, repeats, min_time)
     finally:
         if tf32 is not None:
             torch.backends.cuda.matmul.allow_tf32 = tf32
     best = max(per_shape, key=per_shape.get)
     return {"gflops": per_shape[best], "best_shape": best, "per_shape": per_shape, "device": str(device),
             "threads": torch.get_num_threads(), "dtype": str(dtype).replace("torch.", "")}
+
+
+def _median_rate(product, flops: float, device, repeats: int, min_time: float) -> float:
+    product()
+    _sync(device)
+    # how many calls fill min_time
+    start = time.perf_counter()
+    calls = 0
+    while time.perf_counter() - start < min_time / 4:
+        product()
+        calls += 1
+    _sync(device)
+    calls = max(1, int(calls * 4 * min_time / max(time.perf_counter() - start, 1e-9) / 4))
+    rates = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            product()
+        _sync(device)
+        rates.append(flops * calls / (time.perf_counter() - t0) / 1e9)
+    return statistics.median(rates)
+
+
+def _onednn_fp32_product(a: torch.Tensor, b: torch.Tensor):
+    """a @ b through oneDNN's float32 matmul (torch.ops.mkldnn._linear_pointwise takes the weight as [n, k]),
+    or None where this torch has no such op or its result differs from torch.mm's."""
+    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    if op is None or not torch.backends.mkldnn.is_available():
+        return None
+    weight = b.t().contiguous()
+    try:
+        if not torch.allclose(op(a, weight, None, "none", [], ""), a @ b, rtol=1e-3, atol=1e-3):
+            return None
+    except (RuntimeError, TypeError):
+        return None
+    return lambda: op(a, weight, None, "none", [], "")
 
 
 def hardware_name(device: str | torch.device = "cpu") -> str:

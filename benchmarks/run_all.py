@@ -184,7 +184,8 @@ def main(argv=None) -> int:
               "command": "python benchmarks/run_all.py" + (" --quick" if args.quick else "")
               + (f" --suites {args.suites}" if args.suites else ""),
               "git_commit": _git_commit(), "env_note": env_note, "load_average_start": load_start,
-              "gemm_start": gemm_start, "gemm_bf16_start": gemm_bf16, "suites": {}, "rows": []}
+              "gemm_start": gemm_start, "gemm_bf16_start": gemm_bf16, "cpu_fp32_gemm": _cpu_fp32_gemm(),
+              "suites": {}, "rows": []}
     for name, path in suites.items():
         raw_json = os.path.join(raw_dir, f"{name}.json")
         if os.path.exists(raw_json):
@@ -229,6 +230,16 @@ def main(argv=None) -> int:
     if failed:
         print(f"suites with failures: {', '.join(failed)}", flush=True)
     return 1 if failed else 0
+
+
+def _cpu_fp32_gemm() -> str | None:
+    """Which library fastvae's fused ops multiply CPU float32 in (csrc/gemm.h), as the suites' processes choose."""
+    try:
+        import fastvae._C as core
+    except ImportError:
+        return None
+    getter = getattr(core, "cpu_fp32_gemm_backend", None)
+    return getter() if getter is not None else None
 
 
 def _git_commit() -> str | None:

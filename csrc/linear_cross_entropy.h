@@ -20,6 +20,8 @@
 #include <optional>
 #include <tuple>
 
+#include "gemm.h"
+
 namespace fastvae {
 
 using Tensor = at::Tensor;
@@ -70,24 +72,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_cross_entropy(const Tensor& hi
       const int64_t rows = std::min(chunk, N - start);
       auto logits = buffer.narrow(0, 0, rows);
       const auto h_rows = hidden.narrow(0, start, rows);
-      at::mm_out(logits, h_rows, weight_t);
+      gemm_out(logits, h_rows, weight_t);
       Device::rows_loss(logits, target.narrow(0, start, rows), scale.narrow(0, start, rows),
                         nll.narrow(0, start, rows), need_grad);
       if (grad_mask[0]) {
         auto out = grad_hidden.narrow(0, start, rows);
         if (out.scalar_type() == compute_type) {
-          at::mm_out(out, logits, weight_c);
+          gemm_out(out, logits, weight_c);
         } else {
           out.copy_(at::mm(logits, weight_c));
         }
       }
       if (grad_mask[1]) {
         if (compute_type == acc_type) {  // the GEMM writes (first chunk) or accumulates in place
-          if (start == 0) {
-            at::mm_out(grad_weight_acc, logits.t(), h_rows);
-          } else {
-            grad_weight_acc.addmm_(logits.t(), h_rows);
-          }
+          gemm_out(grad_weight_acc, logits.t(), h_rows, /*accumulate=*/start > 0);
         } else if (start == 0) {
           grad_weight_acc.copy_(at::mm(logits.t(), h_rows));
         } else {

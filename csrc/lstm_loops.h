@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
+#include "gemm.h"
 #include "lstm.h"
 #include "lstm_pointwise.h"
 
@@ -88,7 +89,8 @@ std::tuple<Tensor, Tensor, Tensor> step_forward(const Tensor& input_gates_in, co
   auto c = at::empty_like(c_prev);
   auto act = at::empty_like(input_gates);
   if (N * H == 0) return {h, c, act};
-  const auto recurrent = at::mm(h_in, weight_hh.t());
+  auto recurrent = at::empty({N, 4 * H}, h_in.options());
+  gemm_out(recurrent, h_in, weight_hh.t());
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "fastvae.lstm_step", [&] {
     Device::template forward_step<scalar_t>(forward_args<scalar_t>(
         recurrent, input_gates.data_ptr<scalar_t>(), 4 * H, nullptr, c_prev.data_ptr<scalar_t>(), H,
@@ -144,8 +146,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> step_backward(const std::optional<Ten
   } else {
     d_gates.zero_();
   }
-  auto grad_h = at::mm(d_gates, weight_hh);
-  auto grad_w = need_weight_grad ? at::mm(d_gates.t(), h) : at::empty({0}, h.options());
+  auto grad_h = at::empty({N, H}, h.options());
+  gemm_out(grad_h, d_gates, weight_hh);
+  auto grad_w = at::empty({need_weight_grad ? 4 * H : 0, need_weight_grad ? H : 0}, h.options());
+  if (need_weight_grad) gemm_out(grad_w, d_gates.t(), h);
   return {d_gates, grad_h, dc, grad_w};
 }
 
@@ -167,7 +171,7 @@ struct RecurrentGemm {
   // rows [begin, begin + rows) of the product into out (a view of those rows)
   void run(Tensor out, const Tensor& a, int64_t begin, int64_t rows) const {
     if (!weight_low.defined()) {
-      at::mm_out(out, a, weight);
+      gemm_out(out, a, weight);
       return;
     }
     auto a_rows = a_low.narrow(0, begin, rows);
@@ -361,7 +365,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sequence_backward(
       const auto low = gemm.weight_low.scalar_type();
       grad_w = at::mm(d_gates.view({N * T, G}).t().to(low), h_prev.reshape({N * T, H}).to(low)).to(opts.dtype());
     } else {
-      grad_w = at::mm(d_gates.view({N * T, G}).t(), h_prev.reshape({N * T, H}));
+      grad_w = at::empty({G, H}, opts);
+      gemm_out(grad_w, d_gates.view({N * T, G}).t(), h_prev.reshape({N * T, H}));
     }
   } else {
     grad_w = at::empty({0}, opts);

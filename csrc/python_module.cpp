@@ -3,6 +3,8 @@
 // reports what the build contains.
 #include <torch/extension.h>
 
+#include "gemm.h"
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastvae compiled core: registers torch.ops.fastvae.* operators";
 #ifdef FASTVAE_WITH_CUDA
@@ -10,4 +12,8 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("built_with_cuda") = false;
 #endif
+  m.def("cpu_fp32_gemm_backend", &fastvae::cpu_fp32_gemm_backend,
+        "'onednn' or 'aten': what the fused ops' CPU float32 products use in this process (csrc/gemm.h)");
+  m.def("set_cpu_fp32_gemm_backend", &fastvae::set_cpu_fp32_gemm_backend, py::arg("name"),
+        "'onednn', 'aten' or 'auto' (the FASTVAE_CPU_FP32_GEMM rule): for tests and benchmarks");
 }

@@ -21,6 +21,16 @@ def build_info() -> dict:
     return dict(BUILD_INFO)
 
 
+def _cpu_fp32_gemm(core):
+    getter = getattr(core, "cpu_fp32_gemm_backend", None)
+    if getter is None:
+        return None
+    try:
+        return getter()
+    except RuntimeError as exc:  # FASTVAE_CPU_FP32_GEMM names no backend
+        return f"error: {exc}"
+
+
 def collect() -> dict:
     for name in OP_MODULES:
         try:
@@ -65,6 +75,8 @@ def collect() -> dict:
         "default_backends": {"cpu": backend.default_backends("cpu")},
         "precision": precision.report(),
         "host_memory": host_memory.report(),
+        # which library multiplies the fused ops' CPU float32 products (csrc/gemm.h); None without the core
+        "cpu_fp32_gemm": _cpu_fp32_gemm(core),
     }
     if torch.cuda.is_available():
         report["default_backends"]["cuda"] = backend.default_backends("cuda")
@@ -89,6 +101,8 @@ def format_report(r: dict) -> str:
         f"{r['precision']['auto_on_cpu']} on the CPU"
         + (f", {r['precision']['auto_on_cuda']} on the GPU" if "auto_on_cuda" in r["precision"] else ""),
         f"freed CPU memory kept in the process: {r['host_memory']}",
+        f"CPU float32 products of the fused ops: {r['cpu_fp32_gemm'] or 'n/a (no compiled core)'} "
+        f"(FASTVAE_CPU_FP32_GEMM: auto = oneDNN on x86 CPUs not made by Intel, else ATen's BLAS)",
     ]
     for device, table in r["default_backends"].items():
         lines.append(f"default backend per op on {device}:")

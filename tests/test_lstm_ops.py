@@ -102,7 +102,9 @@ def test_sequence_extreme_values_stay_finite():
     h_all, c_last = lstm_sequence(*inputs)
     h_ref, c_ref = lstm_sequence_reference(*[t.detach().double() for t in inputs])
     assert torch.isfinite(h_all).all() and torch.isfinite(c_last).all()
-    assert_close(h_all.double(), h_ref, 1e-5, 1e-4, "saturated h_all")
+    # a gate is a float32 sum of 1e4-sized terms (rounding ~1e4 * 2**-24 = 6e-4); where the sum cancels near zero
+    # that rounding reaches h (seen: 6e-5 at h = 0.29 for one seed in seven), so the bound is the inputs' rounding
+    assert_close(h_all.double(), h_ref, 2e-3, 1e-3, "saturated h_all")
     (h_all.sum() + c_last.sum()).backward()
     assert all(torch.isfinite(t.grad).all() for t in inputs)
 

@@ -37,6 +37,7 @@ def test_info_reports_build_and_backends():
     assert report["compiled_core"]["built"] and "CPU" in report["compiled_core"]["devices"]
     assert report["build"]["torch_version"] == torch.__version__
     assert report["default_backends"]["cpu"]["lstm_cell"] == "cpp"
+    assert report["cpu_fp32_gemm"] in ("onednn", "aten")
     text = subprocess.run([sys.executable, "-m", "fastvae.info"], capture_output=True, text=True, timeout=300)
     assert "fastvae._C: built for CPU" in text.stdout
     if not torch.cuda.is_available():
