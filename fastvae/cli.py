@@ -44,8 +44,9 @@ DEMO_EPOCHS = 15
 DEMO_ADAM_LR = 3e-3
 
 
-def _load_training_corpus(args):
-    """(corpus, corpus_info) from --data/--train/--valid/--test or a built-in corpus."""
+def _load_training_corpus(args, vocab=None):
+    """(corpus, corpus_info) from --data/--train/--valid/--test or a built-in corpus; `vocab` (a transformer VAE's
+    subword vocabulary) encodes the text instead of a vocabulary built from the training split."""
     from .data import BUILTIN_CORPORA, load_corpus
 
     files = [args.train, args.valid, args.test]
@@ -58,12 +59,16 @@ def _load_training_corpus(args):
                          "--data or --train/--valid/--test")
     vocab_opts = {k: v for k, v in (("max_vocab", args.max_vocab), ("min_count", args.min_count),
                                     ("max_len", args.max_len)) if v is not None}
+    if vocab is not None and (args.max_vocab is not None or args.min_count is not None):
+        raise ValueError("--max-vocab/--min-count build a word vocabulary; a transformer VAE (--encoder/--decoder) "
+                         "uses its decoder's tokenizer")
     if args.data or any(files):
+        given = {"vocab": vocab} if vocab is not None else {}
         if args.data:
-            corpus = load_corpus(args.data, **vocab_opts)
+            corpus = load_corpus(args.data, **vocab_opts, **given)
             info = {"data": os.path.abspath(args.data)}
         else:
-            corpus = load_corpus(train=args.train, valid=args.valid, test=args.test, **vocab_opts)
+            corpus = load_corpus(train=args.train, valid=args.valid, test=args.test, **vocab_opts, **given)
             info = {"train": os.path.abspath(args.train), "valid": os.path.abspath(args.valid),
                     "test": os.path.abspath(args.test)}
         info.update(vocab_opts)
@@ -76,7 +81,99 @@ def _load_training_corpus(args):
         raise ValueError(f"unknown built-in corpus {name!r}: expected one of {', '.join(BUILTIN_CORPORA)}")
     if vocab_opts:
         raise ValueError("--max-vocab/--min-count/--max-len apply to corpora read from files, not built-in ones")
-    return BUILTIN_CORPORA[name](), {"builtin": name}, True
+    return _builtin_corpus(name, vocab), {"builtin": name}, True
+
+
+def _builtin_corpus(name, vocab=None):
+    """A built-in corpus, re-encoded with `vocab` when it is a subword vocabulary (a transformer VAE's)."""
+    from .data import BUILTIN_CORPORA
+
+    corpus = BUILTIN_CORPORA[name]()
+    if vocab is not None and hasattr(vocab, "tokenizer"):
+        from .data.subword import retokenize_corpus
+
+        corpus = retokenize_corpus(corpus, vocab)
+    return corpus
+
+
+# a transformer VAE's optimiser unless told otherwise: SGD at lr 1 (the LSTM recipes') destroys a pretrained model
+HF_OPTIMIZER, HF_LR = "adam", 5e-5
+
+
+def _hf_model(args):
+    """The transformer VAE of --encoder/--decoder (fastvae.hf), or None when neither is given."""
+    if args.encoder is None and args.decoder is None:
+        if args.latent_dim is not None or args.inject is not None:
+            raise ValueError("--latent-dim/--inject configure a transformer VAE: give --encoder and --decoder too")
+        return None
+    if args.encoder is None or args.decoder is None:
+        raise ValueError("--encoder and --decoder go together: give both (a Hugging Face name or local path each)")
+    if args.config:
+        raise ValueError("--config names an LSTM model; a transformer VAE is given by --encoder and --decoder")
+    import torch
+
+    from .hf import HFTextVAE
+    from .training.trainer import TrainConfig
+
+    # the new layers' initialisation follows --seed, as a built model's does (the Trainer seeds before building)
+    torch.manual_seed(args.seed if args.seed is not None else TrainConfig.seed)
+    return HFTextVAE(args.encoder, args.decoder, latent_dim=args.latent_dim or 32, inject=args.inject or "both")
+
+
+def _user_model_factory(spec: str):
+    """The callable of `--model MODULE:CALLABLE` (a user's own VAE, fastvae.models.protocol), imported from the
+    Python path (the current directory first, as `python -m` would)."""
+    import importlib
+    import sys
+
+    module_name, sep, name = spec.partition(":")
+    if not sep or not module_name or not name or not all(p.isidentifier() for p in name.split(".")):
+        raise ValueError(f"--model must be MODULE:CALLABLE (e.g. my_models:GRUVAE), got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"--model {spec}: cannot import {module_name!r} ({exc}); run from the folder that holds it "
+                         f"or add it to PYTHONPATH") from exc
+    for part in name.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"--model {spec}: {module_name!r} has no {name!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"--model {spec}: {name!r} is not callable")
+    return target
+
+
+def _user_model(spec: str, vocab_size: int, seed: int | None = None):
+    """`--model`'s model for a vocabulary of `vocab_size` (called as CALLABLE(vocab_size=N)); its initialisation
+    follows --seed, as a built model's does."""
+    import torch
+
+    factory = _user_model_factory(spec)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = factory(vocab_size=vocab_size)
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"--model {spec} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _load_checkpoint_model(args):
+    """(model, vocab, checkpoint) of --checkpoint: fastvae's models and transformer VAEs rebuild themselves; a run
+    trained with --model needs the same --model here."""
+    from .data import Vocab
+    from .training.checkpoint import load_model, read_checkpoint
+
+    spec = getattr(args, "model", None)
+    if spec is None:
+        ckpt = read_checkpoint(args.checkpoint)
+        if ckpt.get("model_config") is None and ckpt.get("model_source") is None:
+            raise ValueError(f"{args.checkpoint!r} holds a user model ({ckpt.get('model_class', '?')}): give the "
+                             f"--model MODULE:CALLABLE it was trained with")
+        return load_model(args.checkpoint, device=args.device)
+    vocab = Vocab.from_dict(read_checkpoint(args.checkpoint)["vocab"])
+    return load_model(args.checkpoint, device=args.device, model=_user_model(spec, len(vocab)))
 
 
 _CORPUS_FLAGS = ["data", "train", "valid", "test", "corpus", "max_vocab", "min_count", "max_len"]
@@ -86,6 +183,7 @@ _OPTIMISATION_FLAGS = ["epochs", "batch_size", "batch_mode", "optimizer", "lr", 
 _RUN_FLAGS = ["seed", "device", "precision", "iw_samples", "eval_batch_size", "mi_batch_size", "log_interval",
               "checkpoint_every"]
 _TRAIN_FLAGS = _OPTIMISATION_FLAGS + _RUN_FLAGS
+_HF_FLAGS = ["encoder", "decoder", "latent_dim", "inject"]
 
 
 def _cmd_train(args) -> int:
@@ -140,9 +238,10 @@ def _train_with_levels_set(args, ctx) -> int:
     from .training.trainer import TrainConfig
 
     if args.resume:
-        if any(getattr(args, f) is not None for f in (*RECIPE_OPTION_NAMES, *_TRAIN_FLAGS)) \
+        if any(getattr(args, f) is not None for f in (*RECIPE_OPTION_NAMES, *_TRAIN_FLAGS, *_HF_FLAGS)) \
                 or args.recipe or args.config:
-            raise ValueError("--resume continues a run with its saved options; give no other training options")
+            raise ValueError("--resume continues a run with its saved options; give no other training options "
+                             "(only --model, for a run of a user model)")
         given = [f"--{f.replace('_', '-')}" for f in _CORPUS_FLAGS if getattr(args, f) is not None]
         given += ["--out"] * (args.out is not None) + ["--overwrite"] * args.overwrite
         if given:
@@ -158,12 +257,29 @@ def _train_with_levels_set(args, ctx) -> int:
         args.corpus = info.get("builtin")
         for key in ("max_vocab", "min_count", "max_len"):
             setattr(args, key, info.get(key))
-        corpus, corpus_info, builtin = _load_training_corpus(args)
+        from .data import Vocab
+
+        saved_vocab = Vocab.from_dict(saved["vocab"])  # a transformer VAE's subword vocabulary encodes its data again
+        corpus, corpus_info, builtin = _load_training_corpus(
+            args, saved_vocab if hasattr(saved_vocab, "tokenizer") else None)
+        user_built = saved.get("model_config") is None and saved.get("model_source") is None
+        if user_built and args.model is None:
+            raise ValueError(f"{last!r} is a run of a user model ({saved.get('model_class', '?')}): give the "
+                             f"--model MODULE:CALLABLE it was trained with to resume it")
+        if args.model is not None and not user_built:
+            raise ValueError(f"{last!r} rebuilds its own model; --model is for runs of a user model")
+        model = None if args.model is None else _user_model(args.model, len(corpus.vocab))
         out = os.path.dirname(os.path.abspath(args.resume)) if not os.path.isdir(args.resume) else args.resume
     else:
         if args.allow_changed_data:
             raise ValueError("--allow-changed-data goes with --resume (a new run reads its data as it is)")
-        corpus, corpus_info, builtin = _load_training_corpus(args)
+        model = _hf_model(args)
+        if args.model is not None and (model is not None or args.config):
+            raise ValueError("--model is your own VAE: leave out --config and --encoder/--decoder")
+        corpus, corpus_info, builtin = _load_training_corpus(args, None if model is None else model.vocab)
+        if args.model is not None:
+            model = _user_model(args.model, len(corpus.vocab),
+                                args.seed if args.seed is not None else TrainConfig.seed)
         # on a built-in corpus the defaults make a short demo that does not collapse: pretrain-fb with
         # Adam (the tiny model learns within a few epochs); on user data, the references' defaults
         recipe = args.recipe or ("pretrain-fb" if builtin else "vae")
@@ -174,7 +290,11 @@ def _train_with_levels_set(args, ctx) -> int:
         train_options = options.from_arguments(args, TrainConfig, _TRAIN_FLAGS)
         if "epochs" not in train_options and builtin:
             train_options["epochs"] = DEMO_EPOCHS  # elsewhere the recipe's (100; cyclical ptb-script: 40)
-        if builtin and "optimizer" not in train_options and "lr" not in train_options:
+        if model is not None:  # fine-tuning a transformer: Adam at 5e-5 unless told otherwise
+            train_options.setdefault("optimizer", HF_OPTIMIZER)
+            if train_options["optimizer"] == HF_OPTIMIZER:
+                train_options.setdefault("lr", HF_LR)
+        elif builtin and "optimizer" not in train_options and "lr" not in train_options:
             train_options["optimizer"] = "adam"
             train_options["lr"] = DEMO_ADAM_LR
         out = args.out or os.path.join("runs", f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -190,10 +310,12 @@ def _train_with_levels_set(args, ctx) -> int:
     if args.resume:
         trainer = Trainer.from_checkpoint(args.resume, corpus, corpus_info=corpus_info, distributed=ctx,
                                           allow_changed_data=args.allow_changed_data, checkpoint=saved,
-                                          progress=not args.no_progress, verbose=not args.json)
+                                          progress=not args.no_progress, verbose=not args.json, model=model)
         recipe = trainer.recipe.name
     else:
-        trainer = Trainer(None, corpus, recipe=recipe, out_dir=out, config=config, recipe_options=recipe_options,
+        if model is None:  # a transformer VAE or a user model is not an LSTM config
+            train_options["config"] = config
+        trainer = Trainer(model, corpus, recipe=recipe, out_dir=out, recipe_options=recipe_options,
                           corpus_info=corpus_info, progress=not args.no_progress, verbose=not args.json,
                           distributed=ctx, overwrite=args.overwrite, allow_changed_data=args.allow_changed_data,
                           **train_options)
@@ -232,13 +354,13 @@ def _print_examples(model, corpus, num, seed=0):
 
 def _eval_dataset(args, vocab, ckpt):
     """The dataset to evaluate: --data FILE|DIR (with --split), or the checkpoint's built-in corpus."""
-    from .data import BUILTIN_CORPORA, load_corpus
+    from .data import load_corpus
 
     if args.data is None:
         name = ckpt.get("corpus", {}).get("builtin")
         if name is None:
             raise ValueError("give --data FILE|DIR: the checkpoint was trained on files, not a built-in corpus")
-        corpus = BUILTIN_CORPORA[name]()
+        corpus = _builtin_corpus(name, vocab)
         if corpus.vocab.to_dict() != vocab.to_dict():
             raise ValueError(f"the built-in corpus {name!r} here has another vocabulary than the checkpoint's")
         return getattr(corpus, args.split)
@@ -256,9 +378,8 @@ def _cmd_eval(args) -> int:
 
     from .evaluation import evaluate
     from .training import format_metrics_table
-    from .training.checkpoint import load_model
 
-    model, vocab, ckpt = load_model(args.checkpoint, device=args.device)
+    model, vocab, ckpt = _load_checkpoint_model(args)
     dataset = _eval_dataset(args, vocab, ckpt)
     metrics = args.metrics.split(",") if args.metrics else None
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
@@ -299,10 +420,9 @@ def _cmd_probe(args) -> int:
 
     from .data import load_corpus
     from .evaluation.semi_supervised import semi_supervised_accuracy
-    from .training.checkpoint import load_model
 
     counts = _label_counts(args.num_labels)
-    model, vocab, ckpt = load_model(args.checkpoint, device=args.device)
+    model, vocab, ckpt = _load_checkpoint_model(args)
     if not os.path.isdir(args.data):
         raise FileNotFoundError(f"--data {args.data!r}: expected a corpus directory with labelled train.txt, "
                                 "valid.txt and test.txt (lines `label<TAB>sentence`)")
@@ -371,9 +491,8 @@ def _cmd_generate(args) -> int:
     import torch
 
     from . import generation
-    from .training.checkpoint import load_model
 
-    model, vocab, ckpt = load_model(args.checkpoint, device=args.device)
+    model, vocab, ckpt = _load_checkpoint_model(args)
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     decode = {"strategy": args.strategy, "max_len": args.max_len, "temperature": args.temperature,
               "top_k": args.top_k, "beam_size": args.beam_size}
@@ -393,8 +512,8 @@ def _cmd_generate(args) -> int:
             raise ValueError(f"--mode {args.mode} needs input sentences: --sentences '...' or --input FILE")
         from .data import BUILTIN_CORPORA
 
-        test = BUILTIN_CORPORA[name]().test
-        sentences = [vocab.decode(s.tolist()) for s in test.sentences[: max(args.num, 2)]]
+        builtin = BUILTIN_CORPORA[name]()  # its text, by its own vocabulary (a transformer VAE re-tokenizes it)
+        sentences = [builtin.vocab.decode(s.tolist()) for s in builtin.test.sentences[: max(args.num, 2)]]
     if args.mode == "reconstruct":
         sentences = sentences[: args.num] if not args.sentences and not args.input else sentences
         outputs = generation.reconstruct(model, vocab, sentences, use_mean=not args.sample_posterior,
@@ -449,6 +568,19 @@ def _add_train_parser(sub):
     g = p.add_argument_group("model and recipe")
     g.add_argument("--config", help="model config: ptb, yelp, yahoo, synthetic, tiny "
                                     "(default: tiny for a built-in corpus, ptb otherwise)")
+    g.add_argument("--encoder", help="a transformer VAE (needs fastvae[hf]): its encoder, a Hugging Face model name "
+                                     "or local path (AutoModel), e.g. bert-base-uncased; with --decoder")
+    g.add_argument("--decoder", help="the transformer VAE's decoder, a causal language model name or local path "
+                                     "(AutoModelForCausalLM), e.g. gpt2; its tokenizer makes the vocabulary. "
+                                     "Default optimiser then: adam at lr 5e-5")
+    g.add_argument("--latent-dim", type=_positive_int, help="the transformer VAE's latent size (default 32)")
+    g.add_argument("--inject", choices=["memory", "embedding", "both"],
+                   help="how z reaches the transformer decoder: a key/value memory position in every layer, an "
+                        "offset added to every input embedding, or both (default, as Optimus)")
+    g.add_argument("--model", metavar="MODULE:CALLABLE",
+                   help="your own VAE (fastvae.models.protocol): CALLABLE(vocab_size=N) returns it; MODULE is "
+                        "imported from the current directory or PYTHONPATH. eval/generate/probe and --resume take "
+                        "the same --model")
     g.add_argument("--recipe", choices=RECIPE_NAMES,
                    help="default: vae; on a built-in corpus pretrain-fb (with Adam 3e-3: the demo)")
     # every recipe option is a flag, from its declaration (fastvae.training.recipes.RecipeOptions)
@@ -503,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="metrics of a checkpoint on a corpus (rec, kl, elbo, IW nll, ppl, mi, au)")
     p.add_argument("--checkpoint", required=True)
+    p.add_argument("--model", metavar="MODULE:CALLABLE", help="the run's own model, when it was trained with --model")
     p.add_argument("--data", help="a file (one sentence per line) or a corpus directory (see --split); default: "
                                   "the checkpoint's built-in corpus")
     p.add_argument("--split", choices=["train", "valid", "test"], default="test")
@@ -524,6 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="reconstructions, prior samples or interpolations from a checkpoint")
     p.add_argument("--checkpoint", required=True)
+    p.add_argument("--model", metavar="MODULE:CALLABLE", help="the run's own model, when it was trained with --model")
     p.add_argument("--mode", choices=["reconstruct", "sample", "interpolate"],
                    help="default: reconstruct when --sentences or --input is given, else sample (from the prior)")
     p.add_argument("--strategy", choices=["greedy", "sample", "beam"], default="greedy")
@@ -558,6 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("probe", help="semi-supervised classification on the posterior mean (Li et al.'s protocol)")
     p.add_argument("--checkpoint", required=True)
+    p.add_argument("--model", metavar="MODULE:CALLABLE", help="the run's own model, when it was trained with --model")
     p.add_argument("--data", required=True, help="a labelled corpus directory (train/valid/test.txt, `label<TAB>text`)")
     p.add_argument("--num-labels", default="100,500,1000,2000,10000",
                    help="labelled training sentences, comma-separated (default: the papers' 100,500,1000,2000,10000)")

@@ -2,6 +2,7 @@
 with every metric, generates, resumes exactly and loads from checkpoints through fastvae.models.protocol; models
 that do not implement the protocol are refused with messages that say what is missing."""
 import json
+import re
 
 import pytest
 import torch
@@ -279,3 +280,42 @@ def test_two_ranks_train_a_user_model_as_one_process(corpus):
             torch.testing.assert_close(rank["params"][name], value, **PARAM_TOL, msg=lambda m: f"{name}: {m}")
     assert ranks[0]["test"] == ranks[1]["test"]
     assert ranks[0]["test"]["au"] == single["test"]["au"]
+
+
+def test_the_cli_trains_evaluates_decodes_and_resumes_a_user_model(corpus, tmp_path, monkeypatch, capsys):
+    """`--model MODULE:CALLABLE`: the user's module from the current directory, for train, eval, generate and
+    --resume; a run of a user model without it is a clear error."""
+    import inspect
+
+    from fastvae.cli import main
+    from fastvae.data.builtin import write_corpus
+
+    (tmp_path / "user_vae.py").write_text("import torch\nfrom torch import nn\n\nfrom fastvae.data import PAD\n\n\n"
+                                          + inspect.getsource(GRUVAE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = tmp_path / "data"
+    write_corpus(corpus, str(data))
+    out = tmp_path / "run"
+    common = ["--no-progress", "--json"]
+    assert main(["train", "--model", "user_vae:GRUVAE", "--data", str(data), "--recipe", "vae", "--epochs", "1",
+                 "--batch-size", "16", "--iw-samples", "2", "--examples", "0", "--out", str(out), *common]) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert trained["test"]["au"] >= 0 and read_checkpoint(str(out / "best.pt"))["model_class"].endswith("GRUVAE")
+    assert main(["eval", "--checkpoint", str(out / "best.pt"), "--model", "user_vae:GRUVAE", "--data",
+                 str(data / "test.txt"), "--iw-samples", "2", "--json"]) == 0
+    assert "nll" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["generate", "--checkpoint", str(out / "best.pt"), "--model", "user_vae:GRUVAE", "--mode", "sample",
+                 "--num", "2", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--model", "user_vae:GRUVAE", *common]) == 0
+    capsys.readouterr()
+    for argv, match in ((["eval", "--checkpoint", str(out / "best.pt"), "--data", str(data / "test.txt")],
+                         "holds a user model .*GRUVAE.*give the --model"),
+                        (["train", "--resume", str(out), *common], "is a run of a user model .*--model"),
+                        (["train", "--model", "user_vae", "--data", str(data)], "must be MODULE:CALLABLE"),
+                        (["train", "--model", "no_such_module:X", "--data", str(data)], "cannot import"),
+                        (["train", "--model", "user_vae:Nothing", "--data", str(data)], "has no 'Nothing'"),
+                        (["train", "--model", "user_vae:GRUVAE", "--config", "tiny", "--data", str(data)],
+                         "leave out --config")):
+        assert main(argv) != 0, argv
+        assert re.search(match, capsys.readouterr().err), argv

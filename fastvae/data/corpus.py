@@ -221,10 +221,19 @@ def read_dataset(path: str, vocab: Vocab, *, name: str | None = None, max_len: i
 
 def load_corpus(data_dir: str | None = None, *, train: str | None = None, valid: str | None = None,
                 test: str | None = None, max_vocab: int | None = None, min_count: int = 1,
-                max_len: int | None = None, vocab: Vocab | None = None, max_line_bytes: int = MAX_LINE_BYTES) -> Corpus:
+                max_len: int | None = None, vocab: Vocab | None = None, max_line_bytes: int = MAX_LINE_BYTES,
+                tokenizer=None) -> Corpus:
     """A corpus from a directory holding train.txt, valid.txt and test.txt, or from three explicit files.
 
-    `vocab` given (for example from a checkpoint): encode with it instead of building one."""
+    `vocab` given (for example from a checkpoint): encode with it instead of building one. `tokenizer` (a fast
+    Hugging Face tokenizer, e.g. a transformer VAE's decoder's): its subword vocabulary encodes the text
+    (fastvae.data.subword.TokenizerVocab); by default the vocabulary is the training split's words."""
+    if tokenizer is not None:
+        if vocab is not None:
+            raise ValueError("load_corpus: give vocab or tokenizer, not both")
+        from .subword import TokenizerVocab
+
+        vocab = TokenizerVocab(tokenizer)
     if data_dir is not None:
         if any(p is not None for p in (train, valid, test)):
             raise ValueError("load_corpus: give either data_dir or train/valid/test files, not both")

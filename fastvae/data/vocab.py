@@ -67,6 +67,10 @@ class Vocab:
     def from_dict(cls, d: dict) -> "Vocab":
         if not isinstance(d, dict) or "itos" not in d:
             raise ValueError("Vocab.from_dict: expected a dict with an 'itos' list (as written by Vocab.to_dict)")
+        if "tokenizer" in d and cls is Vocab:  # a subword vocabulary (fastvae.data.subword) carries its tokenizer
+            from .subword import TokenizerVocab
+
+            return TokenizerVocab.from_dict(d)
         return cls(d["itos"])
 
     def __repr__(self) -> str:
