@@ -35,7 +35,8 @@ RESULTS_FORMAT = "fastvae-bench-results/1"
 # gets its smallest size here
 QUICK_SELECT = {"decoder": "ptb"}
 # provider names that serve as the reference of a group, most preferred first (case-insensitive)
-REFERENCE_PROVIDERS = ("baseline", "eager", "reference", "nn.lstm", "lstm", "cudnn", "onednn", "torch")
+REFERENCE_PROVIDERS = ("baseline", "hf-plain", "hf-plain-bf16", "eager", "reference", "nn.lstm", "lstm", "cudnn",
+                       "onednn", "torch")
 
 
 def load_average() -> list[float] | None:

@@ -119,7 +119,7 @@ def retokenize_corpus(corpus, vocab: Vocab):
         sentences = [torch.tensor(vocab.encode(corpus.vocab.decode(s.tolist()).split()), dtype=torch.long)
                      for s in old.sentences]
         new = TextDataset(sentences, old.labels, old.name, old.label_names)
-        if hasattr(old, "factors"):
-            new.factors = old.factors
+        if hasattr(old, "factors"):  # the synthetic corpus's generating factors travel with its sentences
+            setattr(new, "factors", getattr(old, "factors"))
         splits[name] = new
     return Corpus(vocab, splits["train"], splits["valid"], splits["test"], dict(corpus.stats), corpus.label_names)

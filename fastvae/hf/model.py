@@ -51,6 +51,13 @@ class HFTextVAE(nn.Module):
     weights were loaded) makes pretrain-fb keep the decoder instead of re-initialising it (recipe option
     reset_decoder)."""
 
+    # the token maps (persistent buffers, _setup) and the vocabulary (None in a model rebuilt from a checkpoint,
+    # whose own vocabulary entry load_model returns): declared for type checkers
+    fastvae_to_decoder: torch.Tensor
+    fastvae_to_encoder: torch.Tensor
+    decoder_to_fastvae: torch.Tensor
+    vocab: TokenizerVocab | None
+
     def __init__(self, encoder, decoder, *, latent_dim: int = 32, inject=("memory", "embedding"),
                  encoder_tokenizer=None, decoder_tokenizer=None, decoder_is_pretrained: bool | None = None,
                  max_encoder_pieces: int = 8):
@@ -104,7 +111,9 @@ class HFTextVAE(nn.Module):
         self.fused_head = self._head_is_plain_linear()
 
     def _fill_token_maps(self, encoder_tokenizer, decoder_tokenizer) -> None:
-        vocab, size = self.vocab, len(self.vocab)
+        vocab = self.vocab
+        assert vocab is not None, "the constructor sets the vocabulary before the token maps"
+        size = len(vocab)
         decoder_config = self.decoder.config
         eos = special_id(decoder_tokenizer, decoder_config, "eos", "sep")
         if eos is None:
