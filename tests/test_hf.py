@@ -399,3 +399,32 @@ def test_bad_arguments_are_refused_clearly(pair):
     tokens, lengths = torch.tensor([[1, 5, 6, 2]]), torch.tensor([4])
     with pytest.raises(ValueError, match="gradient checkpointing"):
         model.train().reconstruction(tokens, lengths, torch.zeros(1, 8))
+
+
+def _two_rank_worker(ctx, pair):
+    """One epoch of the vae recipe on this rank's rows (dropout off, so that ranks and one process agree)."""
+    from fastvae.hf import load_corpus
+
+    model = make_model(pair)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    corpus = load_corpus("grammar", model.vocab, **CORPUS_SIZES)
+    options = {**FAST, "optimizer": "sgd", "lr": 0.1, "seed": 5}  # plain SGD: Adam would amplify summation order
+    trainer = Trainer(model, corpus, recipe="vae", distributed=ctx, **options)
+    test = trainer.fit()
+    return {"params": {k: v.detach().clone() for k, v in model.state_dict().items()}, "test": test}
+
+
+@pytest.mark.slow
+def test_two_ranks_train_the_transformer_vae_as_one_process(pair):
+    """torchrun: the transformer VAE's gradients are all-reduced and every rank ends with one process's weights."""
+    from test_distributed import PARAM_TOL, run_ranks
+
+    ranks = run_ranks(_two_rank_worker, pair)
+    single = _two_rank_worker(None, pair)
+    for rank in ranks:
+        for name, value in single["params"].items():
+            torch.testing.assert_close(rank["params"][name], value, **PARAM_TOL, msg=lambda m: f"{name}: {m}")
+    assert ranks[0]["test"] == ranks[1]["test"]
+    assert ranks[0]["test"]["au"] == single["test"]["au"]
