@@ -133,10 +133,10 @@ def hardware_header(result: dict) -> str:
             f"commit {result.get('git_commit') or '?'}). Load average {load_text}. Measured fp32 GEMM rate "
             f"{gemm:.1f} GFLOP/s (at the end of the run {gemm_end:.1f}): the FLOP floor uses the first"
             + (f"; bf16 GEMM rate {result['gemm_bf16_start']['gflops']:.1f} GFLOP/s, the floor of the bf16 rows. "
-               if result.get("gemm_bf16_start") else ". ") +
+               if result.get("gemm_bf16_start") else ". ")
             + (f"fastvae's fused ops multiply CPU float32 through {result['cpu_fp32_gemm']} (csrc/gemm.h). "
-               if result.get("cpu_fp32_gemm") and result.get("device") != "cuda" else "") +
-            f"Command: `{result.get('command')}`.")
+               if result.get("cpu_fp32_gemm") and result.get("device") != "cuda" else "")
+            + f"Command: `{result.get('command')}`.")
 
 
 def headline_table(result: dict) -> str:

@@ -3,7 +3,7 @@
 Layers: `fastvae._C` (compiled C++/CUDA core), `fastvae.kernels` (Triton), `fastvae.ops`
 (bindings of the compiled ops), `fastvae.backend` (which implementation runs).
 Python API for training and evaluation (imported lazily, on first use): `fastvae.Trainer`,
-`fastvae.evaluate`.
+`fastvae.evaluate`, `fastvae.LatentDiagnostics` (the papers' latent measurements in any training loop).
 """
 __version__ = "0.1.0"
 
@@ -14,6 +14,7 @@ from . import backend  # noqa: E402,F401
 _LAZY_EXPORTS = {
     "Trainer": "fastvae.training.trainer",
     "evaluate": "fastvae.evaluation",
+    "LatentDiagnostics": "fastvae.diagnostics",
 }
 
 

@@ -352,6 +352,9 @@ def test_public_api_exports():
     from fastvae.evaluation import evaluate
 
     assert fastvae.evaluate is evaluate
+    from fastvae.diagnostics import LatentDiagnostics
+
+    assert fastvae.LatentDiagnostics is LatentDiagnostics and "LatentDiagnostics" in dir(fastvae)
 
 
 @pytest.mark.slow
