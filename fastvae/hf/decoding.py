@@ -3,15 +3,14 @@ cache (which starts as z's memory position when z is injected as memory)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from ..nn.generation import STRATEGIES, beam_search, greedy_or_sample_search
 from .loading import empty_cache, key_value_cache
-
-STRATEGIES = ("greedy", "sample", "beam")
 
 
 class _Stepper:
-    """Feeds one decoder token per row and returns the next-token log-probabilities, keeping the cache."""
+    """Feeds one decoder token per row and returns the next token's logits, keeping the cache (the stepper of
+    fastvae.nn.generation's search loops)."""
 
     def __init__(self, vae, z: torch.Tensor):
         self.vae = vae
@@ -27,8 +26,7 @@ class _Stepper:
         if self.offset is not None:
             x = x + self.offset.to(x.dtype)
         out = self.vae.decoder(inputs_embeds=x, use_cache=True, **{self.vae.cache_argument: self.cache})
-        logits = out.logits[:, -1].float()
-        return F.log_softmax(logits.masked_fill(~self.allowed, float("-inf")), dim=-1)
+        return out.logits[:, -1].float().masked_fill(~self.allowed, float("-inf"))
 
     def reorder(self, index: torch.Tensor) -> None:
         self.cache.reorder_cache(index)
@@ -57,55 +55,6 @@ def _to_fastvae(vae, history: torch.Tensor, eos_id: int) -> list:
     return rows
 
 
-def _sample_or_greedy(stepper, token, eos, max_len, greedy, temperature, top_k, generator):
-    done = torch.zeros_like(token, dtype=torch.bool)
-    produced = []
-    for _ in range(max_len):
-        log_probs = stepper.step(token)
-        if greedy:
-            token = log_probs.argmax(-1)
-        else:
-            scores = log_probs / temperature
-            if top_k:
-                kth = scores.topk(min(top_k, scores.shape[-1]), dim=-1).values[:, -1:]
-                scores = scores.masked_fill(scores < kth, float("-inf"))
-            token = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
-        token = torch.where(done, eos, token)
-        produced.append(token)
-        done |= token == eos
-        if bool(done.all()):
-            break
-    return torch.stack(produced, 1)
-
-
-def _beam(stepper, token, eos, max_len, beam_size):
-    """Batched beam search (as fastvae.nn.generation's): summed log-probabilities, no length normalisation; a
-    finished hypothesis may only continue with </s> at no cost; the best hypothesis per sentence is returned."""
-    rows = token.shape[0]
-    n = rows // beam_size
-    device = token.device
-    scores = torch.full((n, beam_size), float("-inf"), device=device, dtype=torch.float64)
-    scores[:, 0] = 0.0  # one live hypothesis at first, so the first step does not pick duplicates
-    finished = torch.zeros(rows, dtype=torch.bool, device=device)
-    history = torch.empty(rows, 0, dtype=torch.long, device=device)
-    offsets = (torch.arange(n, device=device) * beam_size).unsqueeze(1)
-    for _ in range(max_len):
-        log_probs = stepper.step(token).double()
-        vocab = log_probs.shape[1]
-        log_probs[finished] = float("-inf")
-        log_probs[finished, eos] = 0.0
-        total = (scores.view(rows, 1) + log_probs).view(n, beam_size * vocab)
-        scores, flat = total.topk(beam_size, dim=1)
-        parent = (flat // vocab + offsets).view(-1)
-        token = (flat % vocab).view(-1)
-        stepper.reorder(parent)
-        history = torch.cat([history.index_select(0, parent), token.unsqueeze(1)], dim=1)
-        finished = finished.index_select(0, parent) | (token == eos)
-        if bool(finished.all()):
-            break
-    return history.view(n, beam_size, -1)[:, 0]
-
-
 @torch.no_grad()
 def generate(vae, z, bos_id, eos_id, max_len, *, strategy="greedy", temperature=1.0, top_k=0, beam_size=5,
              generator=None) -> list:
@@ -118,14 +67,14 @@ def generate(vae, z, bos_id, eos_id, max_len, *, strategy="greedy", temperature=
         max_len = min(max_len, limit - ("memory" in vae.inject))
     device = vae.fastvae_to_decoder.device
     z = z.to(device=device, dtype=vae.to_posterior.weight.dtype)
-    bos, eos = vae.fastvae_to_decoder[bos_id], vae.fastvae_to_decoder[eos_id]
+    bos, eos = vae.fastvae_to_decoder[bos_id], int(vae.fastvae_to_decoder[eos_id])
+    # no more beams than the decoder tokens that have a fastvae id (the others are never produced)
+    beam = min(beam_size, int((vae.decoder_to_fastvae >= 0).sum())) if strategy == "beam" else 1
+    z = z.repeat_interleave(beam, dim=0) if beam > 1 else z
+    first = bos.expand(z.shape[0]).clone()
     if strategy == "beam":
-        beam = min(beam_size, int((vae.decoder_to_fastvae >= 0).sum()))
-        z = z.repeat_interleave(beam, dim=0)
-        token = bos.expand(z.shape[0]).clone()
-        history = _beam(_Stepper(vae, z), token, int(eos), max_len, beam)
+        history = beam_search(_Stepper(vae, z), first, eos, max_len, beam)
     else:
-        token = bos.expand(z.shape[0]).clone()
-        history = _sample_or_greedy(_Stepper(vae, z), token, eos, max_len, strategy == "greedy", temperature, top_k,
-                                    generator)
+        history = greedy_or_sample_search(_Stepper(vae, z), first, eos, max_len, strategy == "sample", temperature,
+                                          top_k, generator)
     return _to_fastvae(vae, history, eos_id)

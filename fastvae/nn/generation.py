@@ -2,6 +2,8 @@
 
 Every strategy runs the fused step op (fastvae.ops.lstm_step): per step one embedding lookup, one input
 projection of the new tokens (the latent part of the input projection is computed once), one step.
+The search loops (`greedy_or_sample_search`, `beam_search`) take any stepper: an object whose `step(tokens [N])`
+gives the next token's logits [N, V] and whose `reorder(index)` keeps the rows `index` (fastvae.hf.decoding's too).
 """
 from __future__ import annotations
 
@@ -68,11 +70,11 @@ def _trim(rows, eos_id):
     return out
 
 
-def _greedy_or_sample(decoder, z, bos_id, eos_id, max_len, sample, temperature, top_k, generator):
-    B = z.shape[0]
-    stepper = _Stepper(decoder, z)
-    tokens = torch.full((B,), bos_id, dtype=torch.long, device=z.device)
-    finished = torch.zeros(B, dtype=torch.bool, device=z.device)
+def greedy_or_sample_search(stepper, tokens, eos_id: int, max_len: int, sample: bool, temperature, top_k,
+                            generator):
+    """Token ids [N, L] (L <= max_len) from the first tokens [N]: the most likely next token, or one drawn from
+    softmax(logits / temperature) over the `top_k` most likely (0: all); a row repeats `eos_id` once it ended."""
+    finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     out = []
     for _ in range(max_len):
         logits = stepper.step(tokens)
@@ -90,19 +92,17 @@ def _greedy_or_sample(decoder, z, bos_id, eos_id, max_len, sample, temperature, 
         if bool(finished.all()):
             break
     if not out:
-        return [[] for _ in range(B)]
-    return _trim(torch.stack(out, 1).cpu(), eos_id)
+        return tokens.new_empty(tokens.shape[0], 0)
+    return torch.stack(out, 1)
 
 
-def _beam(decoder, z, bos_id, eos_id, max_len, beam_size):
-    """Batched beam search over B sentences x beam hypotheses; a finished hypothesis keeps its score (it
-    may only continue with </s> at no cost) and the search stops when every hypothesis has finished.
-    Scores are summed log-probabilities (no length normalisation); the best hypothesis is returned."""
-    B, V = z.shape[0], decoder.vocab_size
-    beam = min(beam_size, V)
-    device = z.device
-    stepper = _Stepper(decoder, z.repeat_interleave(beam, dim=0))
-    tokens = torch.full((B * beam,), bos_id, dtype=torch.long, device=device)
+def beam_search(stepper, tokens, eos_id: int, max_len: int, beam: int):
+    """Batched beam search over B sentences x `beam` hypotheses (the stepper's rows, sentence-major, first tokens
+    `tokens` [B * beam]): the best hypothesis's ids [B, L]. A finished hypothesis keeps its score (it may only
+    continue with </s> at no cost) and the search stops when every hypothesis has finished. Scores are summed
+    log-probabilities (no length normalisation); `beam` must not exceed the tokens a step can produce."""
+    device = tokens.device
+    B = tokens.shape[0] // beam
     scores = torch.full((B, beam), float("-inf"), device=device, dtype=torch.float64)
     scores[:, 0] = 0.0  # all hypotheses start equal: keep one so the first step does not pick duplicates
     finished = torch.zeros(B * beam, dtype=torch.bool, device=device)
@@ -110,6 +110,7 @@ def _beam(decoder, z, bos_id, eos_id, max_len, beam_size):
     offsets = (torch.arange(B, device=device) * beam).unsqueeze(1)
     for _ in range(max_len):
         log_probs = F.log_softmax(stepper.step(tokens), dim=1).double()
+        V = log_probs.shape[1]
         # Finished hypotheses may only emit </s>, at no cost.
         log_probs[finished] = float("-inf")
         log_probs[finished, eos_id] = 0.0
@@ -122,8 +123,7 @@ def _beam(decoder, z, bos_id, eos_id, max_len, beam_size):
         finished = finished.index_select(0, parent) | (tokens == eos_id)
         if bool(finished.all()):
             break
-    best = history.view(B, beam, -1)[:, 0]  # topk sorts: hypothesis 0 has the best score
-    return _trim(best.cpu(), eos_id)
+    return history.view(B, beam, -1)[:, 0]  # topk sorts: hypothesis 0 has the best score
 
 
 @torch.no_grad()
@@ -134,9 +134,14 @@ def generate(decoder, z, bos_id, eos_id, max_len, *, strategy="greedy", temperat
     was_training = decoder.training
     decoder.eval()
     try:
+        beam = min(beam_size, decoder.vocab_size) if strategy == "beam" else 1
+        z = z.repeat_interleave(beam, dim=0) if beam > 1 else z
+        first = torch.full((z.shape[0],), bos_id, dtype=torch.long, device=z.device)
         if strategy == "beam":
-            return _beam(decoder, z, bos_id, eos_id, max_len, beam_size)
-        return _greedy_or_sample(decoder, z, bos_id, eos_id, max_len, strategy == "sample", temperature, top_k,
-                                 generator)
+            ids = beam_search(_Stepper(decoder, z), first, eos_id, max_len, beam)
+        else:
+            ids = greedy_or_sample_search(_Stepper(decoder, z), first, eos_id, max_len, strategy == "sample",
+                                          temperature, top_k, generator)
+        return _trim(ids.cpu(), eos_id)
     finally:
         decoder.train(was_training)
