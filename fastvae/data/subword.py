@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .vocab import BOS, EOS, PAD, SPECIALS, UNK, Vocab
+from .vocab import SPECIALS, UNK, Vocab
 
 
 def backend_tokenizer(tokenizer):
@@ -60,14 +60,7 @@ class TokenizerVocab(Vocab):
         to (then the specials are written as `<s>` etc., as Vocab.decode does)."""
         pieces: list = []
         tokens: list = []
-        for i in ids:
-            i = int(i)
-            if strip_specials and i == EOS:
-                break
-            if strip_specials and i in (PAD, BOS):
-                continue
-            if not 0 <= i < len(self.itos):
-                raise ValueError(f"TokenizerVocab.decode: id {i} is outside the vocabulary of {len(self.itos)} tokens")
+        for i in self._decoded_ids(ids, strip_specials):
             if i < len(SPECIALS) and i != UNK:
                 pieces += [self._join(tokens), self.itos[i]]
                 tokens = []

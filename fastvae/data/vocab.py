@@ -48,17 +48,20 @@ class Vocab:
 
     def decode(self, ids: Iterable[int], *, strip_specials: bool = True) -> str:
         """Words of `ids` joined by spaces; stops at `</s>` and drops `<pad>`/`<s>` unless told not to."""
-        words = []
+        return " ".join(self.itos[i] for i in self._decoded_ids(ids, strip_specials))
+
+    def _decoded_ids(self, ids: Iterable[int], strip_specials: bool):
+        """The ids `decode` writes, each checked: up to `</s>` and without `<pad>`/`<s>` when stripping."""
         for i in ids:
             i = int(i)
             if strip_specials and i == EOS:
-                break
+                return
             if strip_specials and i in (PAD, BOS):
                 continue
             if not 0 <= i < len(self.itos):
-                raise ValueError(f"Vocab.decode: id {i} is outside the vocabulary of {len(self.itos)} tokens")
-            words.append(self.itos[i])
-        return " ".join(words)
+                raise ValueError(f"{type(self).__name__}.decode: id {i} is outside the vocabulary of "
+                                 f"{len(self.itos)} tokens")
+            yield i
 
     def to_dict(self) -> dict:
         return {"itos": list(self.itos)}
