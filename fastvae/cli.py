@@ -165,15 +165,18 @@ def _load_checkpoint_model(args):
     from .data import Vocab
     from .training.checkpoint import load_model, read_checkpoint
 
+    from .devices import resolve_device
+
+    resolve_device(args.device)  # a device that is not there is the first thing to say, before reading the file
+    ckpt = read_checkpoint(args.checkpoint)
     spec = getattr(args, "model", None)
     if spec is None:
-        ckpt = read_checkpoint(args.checkpoint)
         if ckpt.get("model_config") is None and ckpt.get("model_source") is None:
             raise ValueError(f"{args.checkpoint!r} holds a user model ({ckpt.get('model_class', '?')}): give the "
                              f"--model MODULE:CALLABLE it was trained with")
-        return load_model(args.checkpoint, device=args.device)
-    vocab = Vocab.from_dict(read_checkpoint(args.checkpoint)["vocab"])
-    return load_model(args.checkpoint, device=args.device, model=_user_model(spec, len(vocab)))
+        return load_model(args.checkpoint, device=args.device, checkpoint=ckpt)
+    model = _user_model(spec, len(Vocab.from_dict(ckpt["vocab"])))
+    return load_model(args.checkpoint, device=args.device, model=model, checkpoint=ckpt)
 
 
 _CORPUS_FLAGS = ["data", "train", "valid", "test", "corpus", "max_vocab", "min_count", "max_len"]

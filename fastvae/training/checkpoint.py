@@ -215,17 +215,18 @@ def _migrate_2_to_3(ckpt: dict) -> None:
 _MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
-def load_model(path: str, device: str | torch.device = "cpu", *, model=None):
+def load_model(path: str, device: str | torch.device = "cpu", *, model=None, checkpoint: dict | None = None):
     """(model in eval mode, vocab, checkpoint dict) from a checkpoint written by the trainer. The model is rebuilt
     from the checkpoint's model config (fastvae's models) or model source (fastvae.hf); a user's own module is
-    given as `model` and its weights are loaded into it."""
+    given as `model` and its weights are loaded into it. `checkpoint`: the file's contents when the caller has
+    already read them (`read_checkpoint(path)`), so that it is not read again."""
     from ..data import Vocab
     from ..devices import resolve_device
     from ..models import ModelConfig, build_model
     from ..models.protocol import rebuild_from_source
 
     device = resolve_device(device)  # before reading: a device that is not there is the first thing to say
-    ckpt = read_checkpoint(path)
+    ckpt = checkpoint if checkpoint is not None else read_checkpoint(path)
     vocab = Vocab.from_dict(ckpt["vocab"])
     if model is not None:
         described = f"the given {type(model).__name__}"
