@@ -42,6 +42,16 @@ def pytest_report_header(config):
             f"subprocess tests that time or compare runs set OMP_NUM_THREADS=1)")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny models gain nothing from intra-op threads; on a shared 2-core machine they only contend. A module
+    takes it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def fresh_seed(request):
     seed = int(os.environ.get("FASTVAE_TEST_SEED", random.randrange(2**31)))

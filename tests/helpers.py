@@ -1,5 +1,22 @@
 """Helpers shared by test files (pytest puts tests/ on sys.path: `from helpers import ...`)."""
+import pytest
 import torch
+
+
+def fit_until_killed(trainer, at_call: int) -> None:
+    """Runs `trainer.fit()` until its `at_call`-th loss computation raises KeyboardInterrupt: a run killed mid-way,
+    leaving the checkpoints it wrote before for a resume to find."""
+    real, calls = trainer.compute_loss, {"n": 0}
+
+    def dies(batch, kl_weight):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            raise KeyboardInterrupt
+        return real(batch, kl_weight)
+
+    trainer.compute_loss = dies
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
 
 
 def away_from_thresholds(kl, target, gap=1e-4) -> bool:

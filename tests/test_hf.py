@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from helpers import fit_until_killed
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
@@ -26,16 +27,13 @@ FAST = dict(progress=False, verbose=False, iw_samples=3, eval_batch_size=16, bat
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def quiet_transformers(one_thread):
     from transformers.utils import logging
 
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # no load reports for the tiny models
     logging.disable_progress_bar()
     yield
-    torch.set_num_threads(threads)
     logging.set_verbosity(verbosity)
     logging.enable_progress_bar()
 
@@ -225,17 +223,7 @@ def test_a_checkpoint_reloads_without_arguments_and_a_killed_run_resumes_exactly
     reference = Trainer(make_model(pair), corpus, recipe="vae", out_dir=str(tmp_path / "a"), **common)
     reference.fit()
     killed = Trainer(make_model(pair), corpus, recipe="vae", out_dir=str(tmp_path / "b"), **common)
-    real, calls = killed.compute_loss, {"n": 0}
-
-    def dies(batch, weight):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return real(batch, weight)
-
-    killed.compute_loss = dies
-    with pytest.raises(KeyboardInterrupt):
-        killed.fit()
+    fit_until_killed(killed, 6)
     resumed = Trainer.from_checkpoint(str(tmp_path / "b"), corpus)  # the model comes back from its source
     resumed.fit()
     for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):

@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from helpers import fit_until_killed
 from torch import nn
 
 from fastvae.data import BUILTIN_CORPORA, PAD
@@ -94,12 +95,7 @@ class GRUVAE(nn.Module):
         return rows
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -188,17 +184,7 @@ def test_a_killed_user_model_run_resumes_exactly(corpus, tmp_path):
     reference = Trainer(model_for(corpus), corpus, recipe="vae", out_dir=str(tmp_path / "a"), **common)
     reference.fit()
     killed = Trainer(model_for(corpus), corpus, recipe="vae", out_dir=str(tmp_path / "b"), **common)
-    real, calls = killed.compute_loss, {"n": 0}
-
-    def dies(batch, weight):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise KeyboardInterrupt
-        return real(batch, weight)
-
-    killed.compute_loss = dies
-    with pytest.raises(KeyboardInterrupt):
-        killed.fit()
+    fit_until_killed(killed, 8)
     with pytest.raises(ValueError, match="cannot rebuild: pass the model"):
         Trainer.from_checkpoint(str(tmp_path / "b"), corpus)
     resumed = Trainer.from_checkpoint(str(tmp_path / "b"), corpus, model=model_for(corpus, seed=99))

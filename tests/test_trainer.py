@@ -8,18 +8,14 @@ import os
 import pytest
 import torch
 
+from helpers import fit_until_killed
+
 from fastvae.data import BUILTIN_CORPORA
 from fastvae.training import Trainer, TrainingDiverged
 from fastvae.training.checkpoint import load_model, read_checkpoint
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model gains nothing from intra-op threads; on a shared 2-core machine they only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -282,19 +278,8 @@ def test_resume_mid_epoch_is_exact(corpus, tmp_path, recipe, options):
     reference.fit()
 
     killed = make(corpus, recipe, out_dir=str(tmp_path / "b"), **common)
-    calls = {"n": 0}
-    real = killed.compute_loss
     stop_at = 2 * len(killed._epoch_batches()) + 4 if recipe == "pretrain-fb" else 17  # fb: in phase 2
-
-    def dies(batch, w):
-        calls["n"] += 1
-        if calls["n"] == stop_at:
-            raise KeyboardInterrupt
-        return real(batch, w)
-
-    killed.compute_loss = dies
-    with pytest.raises(KeyboardInterrupt):
-        killed.fit()
+    fit_until_killed(killed, stop_at)
     resumed = make(corpus, recipe, out_dir=str(tmp_path / "b"), **common)
     resumed.fit(resume=str(tmp_path / "b"))
     assert same(params_of(reference.model), params_of(resumed.model))
