@@ -56,6 +56,7 @@ def _missing() -> str | None:
 MISSING = _missing()
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_training import policy_stepper  # noqa: E402
 from vae_baseline import synthetic_sentences, write_corpus_files  # noqa: E402
 
 from fastvae.host_memory import keep_freed_memory  # noqa: E402
@@ -262,21 +263,7 @@ def fastvae_stepper(precision: str = "fp32"):
     trainer = Trainer(model, bench_corpus(model.vocab), recipe="vae", epochs=10, device=DEVICE, out_dir=None,
                       iw_samples=0, progress=False, verbose=False, batch_size=BATCH, precision=precision,
                       optimizer="adam", lr=LR, clip=CLIP)
-    trainer._start_phase(True)  # optimisers, the epoch's batches, the schedule bound to them
-    phase = trainer.phase
-    batches = trainer._batches
-    trainer.model.train()
-    sums = torch.zeros((), device=trainer.device)
-
-    def step():
-        nonlocal sums
-        batch = batches[trainer.position % len(batches)].to(trainer.device)
-        stats = phase.policy.step(trainer, batch, phase.schedule(trainer.step))
-        sums = sums + stats["loss_sum"]  # the trainer accumulates on the device too
-        trainer.position += 1
-        trainer.step += 1
-
-    return step
+    return policy_stepper(trainer)
 
 
 STEPPERS = {"hf-plain": plain_stepper, "fastvae": fastvae_stepper,

@@ -151,6 +151,12 @@ def fastvae_stepper(config: str, recipe: str, precision: str = "fp32"):
                       iw_samples=0, progress=False, verbose=False, batch_size=BATCH, precision=precision, **options)
     if recipe == "pretrain-fb":  # time the free-bits phase (the pretraining phase is a plain VAE step at beta 0)
         trainer.phase_index = 1
+    return policy_stepper(trainer, substeps_only)
+
+
+def policy_stepper(trainer, substeps_only: bool = False):
+    """One step of `trainer`'s current phase as fit() runs it inside an epoch (its policy on the trainer), or with
+    `substeps_only` the aggressive policy's encoder-only inner loop alone."""
     trainer._start_phase(True)  # optimisers, the epoch's batches, the schedule bound to them
     phase = trainer.phase
     batches = trainer._batches
