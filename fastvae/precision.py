@@ -14,30 +14,30 @@ import torch
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
+def cpuinfo_field(key: str) -> str | None:
+    """The first CPU's `key` line of Linux's /proc/cpuinfo (`flags`, `model name`, `vendor_id`...), or None (another
+    system, or no such line)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                name, sep, value = line.partition(":")
+                if sep and name.strip() == key:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_bf16_features() -> tuple[str, ...]:
     """The CPU's bf16 matrix instructions among amx_bf16 and avx512_bf16 (Linux /proc/cpuinfo flags; other
     systems report none, so `auto` stays fp32 there)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return tuple(f for f in ("amx_bf16", "avx512_bf16") if f in flags)
-    except OSError:
-        pass
-    return ()
+    flags = set((cpuinfo_field("flags") or "").split())
+    return tuple(f for f in ("amx_bf16", "avx512_bf16") if f in flags)
 
 
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return cpuinfo_field("model name") or platform.processor() or "unknown CPU"
 
 
 def resolve(precision: str, device: torch.device | str) -> str:

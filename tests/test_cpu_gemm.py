@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fastvae import backend
+from fastvae.precision import cpuinfo_field
 from fastvae.ops import (linear_cross_entropy, linear_cross_entropy_reference, lstm_sequence,
                          lstm_sequence_reference, lstm_step, lstm_step_reference)
 
@@ -125,24 +126,14 @@ def test_the_two_paths_agree_to_float32_rounding():
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
-def _cpu_vendor() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
 def test_auto_takes_onednn_exactly_on_x86_cpus_not_made_by_intel():
     core = _core()
     core.set_cpu_fp32_gemm_backend("auto")
     import platform
 
     x86 = platform.machine() in ("x86_64", "AMD64", "i686")
-    expected = "onednn" if x86 and _cpu_vendor() not in ("", "GenuineIntel") and _onednn_usable() else "aten"
+    vendor = cpuinfo_field("vendor_id")
+    expected = "onednn" if x86 and vendor not in (None, "GenuineIntel") and _onednn_usable() else "aten"
     core.set_cpu_fp32_gemm_backend("auto")
     assert core.cpu_fp32_gemm_backend() == expected
 
